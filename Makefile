@@ -1,0 +1,41 @@
+# bitfed: two commands. `make run` (the default federated simulation) and `make test`.
+# Both create .venv on first use and reinstall only when pyproject.toml or constraints.txt change.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.bitfed-installed
+
+# Flower hygiene (each one bit on these machines): no telemetry, no update check, no runtime
+# `uv sync` (it downloads ~5 GB of CUDA torch), and a project-local FLWR_HOME.
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export FLWR_HOME := $(CURDIR)/.flwr
+
+.PHONY: run test lint bench bench-quick clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/bitfed-sim $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all $(ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all --quick $(ARGS)
+
+clean:
+	rm -rf $(VENV) .flwr .pytest_cache .ruff_cache

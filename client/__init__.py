@@ -1,0 +1,1 @@
+"""Flower ClientApp side of bitfed: decode, call core, encode."""

@@ -1,0 +1,5 @@
+"""Flower ClientApp (handlers land with the federation issue)."""
+
+from flwr.clientapp import ClientApp
+
+app = ClientApp()

@@ -1,0 +1,261 @@
+"""Typed configuration for every bitfed entry point, and the bridge to Flower's run config.
+
+Hydra composes ``conf/`` into these dataclasses (registered with ``ConfigStore`` by
+:func:`register_configs`), ``OmegaConf.to_object`` calls their constructors, and each
+``__post_init__`` rejects bad values with a one-line ``ValueError`` that names the allowed ones.
+
+Flower's ``run_config`` is flat (dotted keys, scalar values only), so the federated apps move the
+same tree through :func:`to_run_config` / :func:`from_run_config`; a test keeps the keys of
+``[tool.flwr.app.config]`` in ``pyproject.toml`` equal to ``to_run_config(ExperimentConfig())``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
+
+__all__ = [
+    "MODELS",
+    "RECIPES",
+    "DATASETS",
+    "PARTITIONS",
+    "STRATEGIES",
+    "ModelConfig",
+    "RecipeConfig",
+    "DatasetConfig",
+    "PartitionConfig",
+    "TrainConfig",
+    "StrategyConfig",
+    "FederationConfig",
+    "ExperimentConfig",
+    "to_run_config",
+    "from_run_config",
+    "register_configs",
+]
+
+MODELS = ("mlp", "cnv", "binarynet", "resnete18", "resnete18-cifar")
+RECIPES = ("standard", "lowcost", "lowcost-po2")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "svhn")
+PARTITIONS = ("iid", "dirichlet", "shards")
+STRATEGIES = ("mean", "majority", "fedavg")
+
+Scalar = int | float | bool | str
+
+
+def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+
+
+def _check_positive(what: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{what} must be {bound}, got {value}")
+
+
+@dataclass
+class ModelConfig:
+    """Which network to train (method.md §3)."""
+
+    name: str = "mlp"  # mlp | cnv | binarynet | resnete18 | resnete18-cifar
+
+    def __post_init__(self) -> None:
+        _check_choice("model", self.name, MODELS)
+
+
+@dataclass
+class RecipeConfig:
+    """How to train it: the paper's baseline or its low-memory method (method.md §1a, §2g)."""
+
+    name: str = "lowcost"  # standard | lowcost | lowcost-po2
+    lr: float = 1e-3  # Adam learning rate (method.md §2f)
+    po2_bias: int = 8  # b_off of the 5-bit power-of-two gradient quantizer (method.md §2e)
+
+    def __post_init__(self) -> None:
+        _check_choice("recipe", self.name, RECIPES)
+        _check_positive("recipe.lr", self.lr)
+
+
+@dataclass
+class DatasetConfig:
+    """Where the images come from. ``digits`` ships inside scikit-learn: no root needed."""
+
+    name: str = "digits"  # digits | mnist | fashion-mnist | cifar10 | svhn
+    root: str = ""  # folder holding the dataset's standard files ("" only for digits)
+    augment: bool = False  # CIFAR-10/SVHN shift 0.15 (+ flip for CIFAR-10), method.md §3
+    svhn_extra: bool = False  # also load SVHN's extra_32x32.mat
+
+    def __post_init__(self) -> None:
+        _check_choice("dataset", self.name, DATASETS)
+
+
+@dataclass
+class PartitionConfig:
+    """How a dataset is split across federated clients (deterministic for ``seed``)."""
+
+    kind: str = "iid"  # iid | dirichlet | shards
+    alpha: float = 0.5  # Dirichlet concentration: smaller = more label skew
+    shards_per_client: int = 2  # McMahan et al. label-sorted shards per client
+    val_fraction: float = 0.1  # each client's local validation split
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("partition", self.kind, PARTITIONS)
+        _check_positive("partition.alpha", self.alpha)
+        _check_positive("partition.shards_per_client", self.shards_per_client)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"partition.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    """Local training loop (centralized epochs, or local epochs per federated round)."""
+
+    epochs: int = 1
+    batch_size: int = 100  # the paper's batch (method.md §2f)
+    max_batches: int = 0  # stop each epoch after this many batches (0 = whole epoch)
+    seed: int = 0
+    num_threads: int = 0  # torch intra-op threads (0 = torch's default)
+
+    def __post_init__(self) -> None:
+        _check_positive("train.epochs", self.epochs)
+        _check_positive("train.batch_size", self.batch_size)
+        _check_positive("train.max_batches", self.max_batches, allow_zero=True)
+        _check_positive("train.num_threads", self.num_threads, allow_zero=True)
+
+
+@dataclass
+class StrategyConfig:
+    """Server-side aggregation of client updates."""
+
+    name: str = "mean"  # mean (scale·sign) | majority (signSGD vote) | fedavg (float32 baseline)
+    server_lr: float = 1.0  # multiplies the aggregated update
+    majority_step: float = 1e-3  # per-coordinate step of a majority vote (x server_lr)
+    error_feedback: bool = True  # clients keep what the sign lost and add it next round
+    max_examples: int = 100_000  # cap on a client's claimed example count (its weight)
+
+    def __post_init__(self) -> None:
+        _check_choice("strategy", self.name, STRATEGIES)
+        _check_positive("strategy.server_lr", self.server_lr)
+        _check_positive("strategy.majority_step", self.majority_step)
+        _check_positive("strategy.max_examples", self.max_examples)
+
+
+@dataclass
+class FederationConfig:
+    """Rounds, clients and the limits that keep every wait bounded."""
+
+    num_clients: int = 10
+    clients_per_round: int = 10  # sampled each round (<= num_clients)
+    num_rounds: int = 5
+    min_clients: int = 2  # fewest replies a round may aggregate
+    round_timeout: float = 600.0  # seconds to wait for replies in one round
+    node_wait_timeout: float = 120.0  # seconds to wait for enough nodes to connect
+    state_dir: str = ""  # client-side persistent state ("" = under the run folder)
+    checkpoint_dir: str = ""  # server-side checkpoints ("" = under the run folder)
+    resume: bool = True  # continue from the last checkpoint when one exists
+
+    def __post_init__(self) -> None:
+        _check_positive("federation.num_clients", self.num_clients)
+        _check_positive("federation.clients_per_round", self.clients_per_round)
+        _check_positive("federation.num_rounds", self.num_rounds)
+        _check_positive("federation.min_clients", self.min_clients)
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(
+                f"federation.clients_per_round ({self.clients_per_round}) exceeds "
+                f"federation.num_clients ({self.num_clients}); lower it or add clients"
+            )
+        if self.min_clients > self.clients_per_round:
+            raise ValueError(
+                f"federation.min_clients ({self.min_clients}) exceeds "
+                f"federation.clients_per_round ({self.clients_per_round})"
+            )
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one run needs; the root of ``conf/config.yaml``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    seed: int = 0
+    output_dir: str = ""  # "" = Hydra's run folder (or ./outputs/<time> outside Hydra)
+
+
+def to_run_config(cfg: ExperimentConfig) -> dict[str, Scalar]:
+    """Flatten ``cfg`` into Flower's run config: ``{"model.name": "mlp", ...}``."""
+    flat: dict[str, Scalar] = {}
+
+    def walk(prefix: str, node: dict[str, Any]) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(f"{name}.", value)
+            else:
+                flat[name] = value
+
+    walk("", asdict(cfg))
+    return flat
+
+
+def from_run_config(run_config: dict[str, Scalar]) -> ExperimentConfig:
+    """Rebuild an :class:`ExperimentConfig` from a (possibly partial) flat run config.
+
+    Missing keys keep their defaults (``run_simulation`` passes an empty run config); unknown
+    keys raise ``ValueError`` naming them; values are coerced to the field's declared type.
+    """
+    nested: dict[str, dict[str, Scalar]] = {}
+    top: dict[str, Scalar] = {}
+    known = to_run_config(ExperimentConfig())
+    unknown = sorted(set(run_config) - set(known))
+    if unknown:
+        raise ValueError(f"unknown run-config keys {unknown}; known keys: {sorted(known)}")
+    for key, value in run_config.items():
+        value = _coerce(value, type(known[key]), key)
+        if "." in key:
+            group, name = key.split(".", 1)
+            nested.setdefault(group, {})[name] = value
+        else:
+            top[key] = value
+    kwargs: dict[str, Any] = dict(top)
+    for f in fields(ExperimentConfig):
+        default = f.default_factory() if callable(f.default_factory) else None  # type: ignore[misc]
+        if is_dataclass(default):
+            kwargs[f.name] = type(default)(**nested.get(f.name, {}))
+    return ExperimentConfig(**kwargs)
+
+
+def _coerce(value: Scalar, kind: type, key: str) -> Scalar:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"run-config key {key!r} must be true/false, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"run-config key {key!r} must be {kind.__name__}, got {value!r}") from None
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore so every YAML is validated against it."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="experiment_schema", node=ExperimentConfig)
+    for group, node in (
+        ("model", ModelConfig),
+        ("recipe", RecipeConfig),
+        ("dataset", DatasetConfig),
+        ("partition", PartitionConfig),
+        ("train", TrainConfig),
+        ("strategy", StrategyConfig),
+        ("federation", FederationConfig),
+    ):
+        cs.store(group=group, name=f"{group}_schema", node=node)

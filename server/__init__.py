@@ -1,0 +1,1 @@
+"""Flower ServerApp side of bitfed: strategies, checkpoints, simulation and deployment."""

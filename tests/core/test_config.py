@@ -1,0 +1,56 @@
+import pytest
+from hydra import compose, initialize
+from omegaconf import OmegaConf
+
+from core.config import ExperimentConfig, from_run_config, register_configs, to_run_config
+
+
+def _compose(overrides: list[str]) -> ExperimentConfig:
+    register_configs()
+    with initialize(version_base=None, config_path="../../conf"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_object(cfg)
+
+
+def test_default_config_composes_to_schema() -> None:
+    cfg = _compose([])
+    assert isinstance(cfg, ExperimentConfig)
+    assert (cfg.model.name, cfg.recipe.name, cfg.dataset.name) == ("mlp", "lowcost", "digits")
+
+
+def test_experiment_is_a_diff() -> None:
+    cfg = _compose(["experiment=mnist_dirichlet"])
+    assert (cfg.dataset.name, cfg.partition.kind, cfg.federation.num_rounds) == (
+        "mnist",
+        "dirichlet",
+        30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.name=vgg", "unknown model 'vgg'"),
+        ("recipe.lr=-1", "recipe.lr must be > 0"),
+        ("partition.alpha=0", "partition.alpha must be > 0"),
+        ("federation.clients_per_round=50", "exceeds federation.num_clients"),
+    ],
+)
+def test_bad_values_get_one_line_errors(override: str, message: str) -> None:
+    with pytest.raises(Exception, match=message):
+        _compose([override])
+
+
+def test_run_config_round_trip() -> None:
+    cfg = _compose(["strategy=majority", "federation.num_rounds=3"])
+    assert from_run_config(to_run_config(cfg)) == cfg
+
+
+def test_run_config_partial_and_strings() -> None:
+    cfg = from_run_config({"federation.num_rounds": "7", "strategy.error_feedback": "false"})
+    assert cfg.federation.num_rounds == 7 and cfg.strategy.error_feedback is False
+
+
+def test_run_config_unknown_key() -> None:
+    with pytest.raises(ValueError, match="unknown run-config keys"):
+        from_run_config({"federation.rounds": 3})

@@ -1,0 +1,53 @@
+"""The package installs what pyproject declares, and Flower can find both components."""
+
+import importlib
+import tomllib
+from pathlib import Path
+
+from core.config import ExperimentConfig, from_run_config, to_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _flatten(node: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_flower_components_import() -> None:
+    components = PYPROJECT["tool"]["flwr"]["app"]["components"]
+    assert set(components) == {"serverapp", "clientapp"}
+    for ref in components.values():
+        module, attr = ref.split(":")
+        assert getattr(importlib.import_module(module), attr) is not None
+
+
+def test_run_config_keys_match_schema() -> None:
+    declared = _flatten(PYPROJECT["tool"]["flwr"]["app"]["config"])
+    assert declared == to_run_config(ExperimentConfig())
+    assert from_run_config(declared) == ExperimentConfig()
+
+
+def test_no_federations_table() -> None:
+    # flwr 1.42 rewrites pyproject.toml when it finds one.
+    assert "federations" not in PYPROJECT["tool"]["flwr"]
+
+
+def test_console_scripts_resolve() -> None:
+    for ref in PYPROJECT["project"]["scripts"].values():
+        module, attr = ref.split(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_wheel_lists_packages_explicitly() -> None:
+    assert PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == [
+        "core",
+        "client",
+        "server",
+    ]
