@@ -1,8 +1,254 @@
-"""Entry point `bitfed-memory` (placeholder until its issue lands)."""
+"""Entry point ``bitfed-memory``: measured and modelled memory of one training step per recipe.
 
-from core.cli._stub import not_implemented
+``bitfed-memory --model NAME --batch-size B [--recipes standard,lowcost,lowcost-po2] [--json]``
+
+Each recipe runs in a fresh subprocess (glibc pinned by :data:`core.memory.MALLOC_ENV`): one warm
+step, then the measurements of :func:`core.memory.measure_step`. With ``--json`` it prints one JSON
+object ``{"model", "batch_size", "recipes": {NAME: {...}}, "ratios": {NAME: {...}}}``; the
+ratios are ``standard / NAME`` for memory (``peak_step``, ``peak_step_process``, ``saved``,
+``state``, ``analytical``) and ``NAME / standard`` for ``step_seconds``. Without it, a table.
+On a machine with CUDA each recipe is also measured on the GPU
+(``torch.cuda.max_memory_allocated``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, NoReturn
+
+import torch
+
+from core.config import MODELS, RECIPES
+from core.memory import (
+    GAP_TOLERANCE,
+    default_in_shape,
+    measure_recipe,
+    measure_recipe_isolated,
+)
+
+__all__ = ["main", "compute_ratios", "format_table"]
+
+_MIB = 2**20
 
 
-def main() -> None:
-    """Run `bitfed-memory`."""
-    not_implemented("bitfed-memory", "measure training memory per recipe")
+class _OneLineParser(argparse.ArgumentParser):
+    """``argparse`` that reports bad input in one line instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``bitfed-memory: error: ...`` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _OneLineParser(
+        prog="bitfed-memory",
+        description="Measure the memory of one BNN training step per recipe (each in a fresh "
+        "subprocess) beside the paper-style analytical model (method.md §5).",
+    )
+    parser.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument(
+        "--recipes", default=",".join(RECIPES), help="comma-separated (default: all three)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--in-shape", default="", help="C,H,W (default: the model's dataset)")
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CPU, plus CUDA when present), cpu or cuda"
+    )
+    parser.add_argument("--po2-bias", type=int, default=8, help="b_off of lowcost-po2")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per recipe")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--phase", default="all", choices=("all", "memory", "time"),
+                        help=argparse.SUPPRESS)  # fmt: skip
+    args = parser.parse_args(argv)
+
+    if args.model not in MODELS:
+        parser.error(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
+    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    bad = [r for r in args.recipes if r not in RECIPES]
+    if bad or not args.recipes:
+        parser.error(f"unknown recipe(s) {bad}; choose from {', '.join(RECIPES)}")
+    for name in ("batch_size", "num_classes", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
+    if args.device not in ("auto", "cpu", "cuda"):
+        parser.error(f"--device must be auto, cpu or cuda, got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch sees no CUDA device; use --device cpu")
+    try:
+        args.in_shape = (
+            tuple(int(d) for d in args.in_shape.split(","))
+            if args.in_shape
+            else default_in_shape(args.model)
+        )
+        if any(d < 1 for d in args.in_shape):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--in-shape must be positive integers like 3,32,32, got {args.in_shape!r}")
+    return args
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if not num or not den else num / den
+
+
+def compute_ratios(recipes: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Return per non-standard recipe: ``standard / recipe`` memory, ``recipe / standard`` time.
+
+    Empty when ``standard`` was not measured.
+    """
+    std = recipes.get("standard")
+    if std is None:
+        return {}
+    out = {}
+    for name, res in recipes.items():
+        if name == "standard":
+            continue
+        m, s = res["measured"], std["measured"]
+        out[name] = {
+            "peak_step": _ratio(s["peak_step_bytes"], m["peak_step_bytes"]),
+            "peak_step_process": _ratio(s["peak_step_process_bytes"], m["peak_step_process_bytes"]),
+            "saved": _ratio(s["saved_bytes"], m["saved_bytes"]),
+            "state": _ratio(s["state"]["total"], m["state"]["total"]),
+            "analytical": _ratio(std["analytical"]["total"], res["analytical"]["total"]),
+            "step_seconds": _ratio(res["step_seconds"], std["step_seconds"]),
+        }
+        if "cuda" in res and "cuda" in std:
+            out[name]["cuda_max_allocated"] = _ratio(
+                std["cuda"].get("cuda_max_allocated_bytes"),
+                res["cuda"].get("cuda_max_allocated_bytes"),
+            )
+    return out
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / _MIB:.2f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Render a ``bitfed-memory`` report (the ``--json`` object) as a readable table."""
+    shape = "x".join(str(d) for d in report["in_shape"])
+    lines = [
+        f"bitfed-memory: model={report['model']} batch={report['batch_size']} input={shape} "
+        f"torch={report['torch']} threads={report['threads']}   (sizes in MiB)",
+        f"{'recipe':<12} {'analytic':>9} {'saved':>9} {'state':>9} {'peak':>9} "
+        f"{'peak(RSS)':>10} {'gap':>6} {'step s':>8}  saved by dtype",
+    ]
+    for name, res in report["recipes"].items():
+        m = res["measured"]
+        gap = "-" if m["peak_gap"] is None else f"{100 * m['peak_gap']:.0f}%"
+        gap += "!" if m["flagged"] else ""
+        dtypes = ", ".join(f"{k} {_mib(v)}" for k, v in m["saved_by_dtype"].items())
+        lines.append(
+            f"{name:<12} {_mib(res['analytical']['total']):>9} {_mib(m['saved_bytes']):>9} "
+            f"{_mib(m['state']['total']):>9} {_mib(m['peak_step_bytes']):>9} "
+            f"{_mib(m['peak_step_process_bytes']):>10} {gap:>6} {res['step_seconds']:>8.4g}  "
+            f"{dtypes}"
+        )
+        cats = ", ".join(f"{k} {_mib(v)}" for k, v in m["peak_categories"].items() if v)
+        lines.append(f"{'':<12} at peak ({m['peak_where']}): {cats}")
+        if "cuda" in res:
+            gpu = res["cuda"]
+            lines.append(
+                f"{'':<12} cuda: not measured ({gpu['error']})"
+                if "error" in gpu
+                else f"{'':<12} cuda max_memory_allocated {_mib(gpu['cuda_max_allocated_bytes'])}"
+            )
+    if report["ratios"]:
+        lines.append(
+            "ratios (memory: standard/recipe; step time: recipe/standard):"
+            f"\n{'recipe':<12} {'peak':>7} {'peak(RSS)':>10} {'saved':>8} {'state':>8} "
+            f"{'analytic':>9} {'time':>7}"
+        )
+        for name, r in report["ratios"].items():
+            lines.append(
+                f"{name:<12} {_times(r['peak_step']):>7} {_times(r['peak_step_process']):>10} "
+                f"{_times(r['saved']):>8} {_times(r['state']):>8} {_times(r['analytical']):>9} "
+                f"{_times(r['step_seconds']):>7}"
+            )
+    if any(res["measured"]["flagged"] for res in report["recipes"].values()):
+        lines.append(
+            f"! the tracker's and the process's peaks differ by more than "
+            f"{100 * GAP_TOLERANCE:.0f}% (memory outside tensors: kernel scratch, allocator)"
+        )
+    return "\n".join(lines)
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """Measure one recipe in this (fresh) process and print its result as one JSON line."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    (recipe,) = args.recipes
+    common = dict(
+        in_shape=args.in_shape, num_classes=args.num_classes, steps=args.steps,
+        po2_bias=args.po2_bias,
+    )  # fmt: skip
+    device = "cuda" if args.device == "cuda" else "cpu"
+    result = measure_recipe(
+        args.model, recipe, args.batch_size, device=device, phase=args.phase, **common
+    )
+    if args.phase != "time" and args.device == "auto" and torch.cuda.is_available():
+        try:
+            on_gpu = measure_recipe(args.model, recipe, args.batch_size, device="cuda", **common)
+        except Exception as err:  # the CPU figures stand; say why the GPU ones are missing
+            result["cuda"] = {"error": f"{type(err).__name__}: {' '.join(str(err).split())}"}
+        else:
+            result["cuda"] = {
+                "cuda_max_allocated_bytes": on_gpu["measured"]["cuda_max_allocated_bytes"],
+                "peak_step_bytes": on_gpu["measured"]["peak_step_bytes"],
+                "step_seconds": on_gpu["step_seconds"],
+            }
+    print(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``bitfed-memory``."""
+    args = _parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return
+    recipes = {}
+    for recipe in args.recipes:
+        if not args.json:
+            print(f"measuring {args.model}/{recipe} at batch {args.batch_size} ...", flush=True)
+        try:
+            recipes[recipe] = measure_recipe_isolated(
+                args.model,
+                recipe,
+                args.batch_size,
+                in_shape=args.in_shape,
+                num_classes=args.num_classes,
+                steps=args.steps,
+                threads=args.threads,
+                device=args.device,
+                po2_bias=args.po2_bias,
+                timeout=args.timeout,
+            )
+        except RuntimeError as err:
+            print(f"bitfed-memory: error: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
+    report = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "in_shape": list(args.in_shape),
+        "threads": args.threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+        "recipes": recipes,
+        "ratios": compute_ratios(recipes),
+    }
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""What a client keeps on its own disk between rounds: the global-model replica and its residual.
+
+Flower's ``Context.state`` lives in memory and is gone after a SuperNode restart (new node id,
+empty state), so the replica of the global model (to apply 1-bit downlink updates to) and the
+error-feedback residual are saved here, atomically, keyed by a stable client identity from the
+node config. A state whose ``lineage`` (the server's run identity) differs is somebody else's
+model: it is ignored, and the server's full model replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+__all__ = [
+    "ClientState",
+    "sync_replica",
+    "state_path",
+    "client_identity",
+    "atomic_write_bytes",
+    "fsync_dir",
+]
+
+log = logging.getLogger(__name__)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a directory entry (after a rename) to disk where the OS allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file atomically: ``write(fileobj)`` into a temp file, fsync, rename, fsync dir."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def client_identity(node_config: dict) -> str:
+    """Stable name of this client: ``client-id`` from the node config, else ``partition-id``.
+
+    Raises ``ValueError`` when neither is set (a node id changes on every restart).
+    """
+    for key in ("client-id", "partition-id"):
+        if key in node_config:
+            ident = str(node_config[key])
+            if not ident or not all(c.isalnum() or c in "-_." for c in ident):
+                raise ValueError(f"node-config {key}={ident!r} must be letters, digits, - _ .")
+            return ident
+    raise ValueError(
+        "node config has neither client-id nor partition-id; start the SuperNode with "
+        '--node-config "client-id=<name>" so its state survives restarts'
+    )
+
+
+def state_path(state_dir: Path, identity: str) -> Path:
+    """File holding the state of client ``identity``."""
+    return Path(state_dir) / f"client-{identity}.npz"
+
+
+@dataclass
+class ClientState:
+    """Replica of the global model at ``version`` of run ``lineage``, plus the EF residual.
+
+    ``replica`` holds float32 tensors by name (weights and real state), ``residual`` the float32
+    error-feedback residual of each weight tensor (``None``: none yet).
+    """
+
+    lineage: str
+    version: int
+    replica: dict[str, np.ndarray]
+    residual: dict[str, np.ndarray] | None = None
+
+    def save(self, path: Path) -> None:
+        """Persist atomically (temp file + fsync + rename)."""
+        meta = {"lineage": self.lineage, "version": self.version}
+        arrays = {f"replica/{k}": v.astype(np.float32) for k, v in self.replica.items()}
+        for k, v in (self.residual or {}).items():
+            arrays[f"residual/{k}"] = v.astype(np.float32)
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        atomic_write_bytes(Path(path), lambda fh: np.savez(fh, **arrays))
+
+    @classmethod
+    def load(cls, path: Path, lineage: str) -> ClientState | None:
+        """Read the state at ``path``; ``None`` when absent, unreadable or of another lineage."""
+        path = Path(path)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(bytes(data["meta"]).decode())
+                if meta["lineage"] != lineage:
+                    log.info("client state %s belongs to another run; starting afresh", path)
+                    return None
+                replica, residual = {}, {}
+                for key in data.files:
+                    kind, _, name = key.partition("/")
+                    if kind == "replica":
+                        replica[name] = data[key]
+                    elif kind == "residual":
+                        residual[name] = data[key]
+                return cls(meta["lineage"], int(meta["version"]), replica, residual or None)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            log.warning("client state %s unreadable (%s); starting afresh", path, exc)
+            return None
+
+
+def sync_replica(
+    state: ClientState | None,
+    payload: str,
+    lineage: str,
+    version: int,
+    base_version: int,
+    arrays: dict[str, np.ndarray] | None,
+    spec,
+) -> ClientState | None:
+    """Bring the replica to the server's ``version``; ``None`` when that is impossible.
+
+    ``payload`` is ``full`` (replace the replica; keep the residual when the lineage is the
+    same), ``delta`` (add ``scale * sign`` to the replica at ``base_version``, take the new real
+    state) or ``current`` (nothing to apply). A replica already at ``version`` is used as is; any
+    other mismatch returns ``None`` and the client asks for the full model. ``arrays`` are the
+    codec arrays of the payload (validated here by :mod:`core.codec`).
+    """
+    from core.codec import CURRENT, DELTA, FULL, CodecError, decode_full, decode_update
+
+    if payload == FULL:
+        replica = decode_full(arrays or {}, spec)
+        residual = state.residual if state is not None and state.lineage == lineage else None
+        return ClientState(lineage, version, replica, residual)
+    if state is None or state.lineage != lineage:
+        return None
+    if state.version == version:
+        return state
+    if payload == DELTA and state.version == base_version:
+        update = decode_update(arrays or {}, spec)
+        missing = [t.name for t in spec.tensors if t.name not in state.replica]
+        if missing:
+            return None
+        for name, step in update.dense(spec).items():
+            state.replica[name] = state.replica[name] + step
+        for t in spec.real:
+            state.replica[t.name] = update.real[t.name].astype(np.float32)
+        state.version = version
+        return state
+    if payload not in (FULL, DELTA, CURRENT):
+        raise CodecError(f"unknown payload kind {payload!r}")
+    return None

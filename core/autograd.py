@@ -1,0 +1,579 @@
+"""The low-cost recipe's autograd Functions: each saves only packed bits (method.md §2).
+
+Every Function keeps its backward state in ``ctx.save_for_backward`` (never as a ``ctx``
+attribute, so saved-tensor hooks see all of it) and processes its largest tensors in slices of
+~1/16 of the tensor (``MIN_CHUNK_ELEMENTS``..``CHUNK_ELEMENTS`` elements), so backward
+transients stay bounded: a float copy of a whole activation is never made.
+
+Dtypes. Activations and their gradients are 16-bit: float16 everywhere, except the pre-BN
+output ``Y`` of a binary layer and its gradient ``dY``, which are bfloat16. Matrix products whose
+operands are both ``+-1`` run in bfloat16 (exact operands, fp32 accumulation; ~3x faster than
+float32 on CPUs with AVX512-BF16), so ``dY`` is rounded to bf16 for them anyway and handing it
+over in bf16 saves a converted copy per layer. Products with real-valued data or weights run in
+float32.
+
+Per element of a layer's input or output, what is saved:
+
+================  =======================================  ==========================
+Function          saved for backward                       bits / element
+================  =======================================  ==========================
+SignSTEFn         ``|x| <= 1`` STE mask                    1
+BinaryLinearFn /  ``sign(x)`` of a binary input            1
+BinaryConv2dFn    first layer: data as uint8 codes / fp16  8 (exact codes) or 16
+                  real (ResNet stream) input: fp16         16
+L1BatchNormFn     ``sign(y_hat)`` + 2 fp16 scalars/channel 1
+MaxPool2dFn       argmax index within the window           ceil(log2 k^2) per output
+ReLUFn            ``x > 0``                                1
+AvgPool2dFn       nothing                                  0
+================  =======================================  ==========================
+
+The weight gradient never becomes a dense float tensor: the layer Functions write
+``sign(G)`` (``G = sign(X)^T dY``) into the layer's packed ``grad_bits`` buffer and return
+``None`` for the weight (and count the write in the layer's ``grad_count``);
+:class:`core.optim.LowCostAdam` applies ``/sqrt(N)`` and the STE mask
+``|W| <= 1`` (method.md §2b) at step time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+
+from core.functional import (
+    batch_slices,
+    binary_sign,
+    pack_bits,
+    packed_size,
+    po2_quantize,
+    unpack_bits,
+    unpack_signs,
+)
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "InputKind",
+    "SignSTEFn",
+    "BinaryLinearFn",
+    "BinaryConv2dFn",
+    "L1BatchNormFn",
+    "MaxPool2dFn",
+    "ReLUFn",
+    "AvgPool2dFn",
+    "ScaledCastFn",
+    "save_data",
+    "load_data",
+    "linear_forward",
+    "conv2d_forward",
+    "SIGMA_MIN",
+]
+
+CHUNK_ELEMENTS = 1 << 20  # largest float transient per slice (elements): 4 MiB in float32
+MIN_CHUNK_ELEMENTS = 1 << 14  # below this, per-call overhead dominates
+SLICE_FRACTION = 16  # a slice holds ~1/16 of the tensor it is cut from (within the bounds above)
+SIGMA_MIN = 1e-4  # floor of the l1 BN sigma, only for constant channels (the paper has no eps)
+
+
+class InputKind:
+    """What a weight layer's input is, hence what it saves for ``dW`` (method.md §2b, §9.7)."""
+
+    BINARY = "binary"  # +-1 from a sign activation: 1 bit
+    DATA = "data"  # the model's input images in [-1, 1]: uint8 codes when exact, else fp16
+    REAL = "real"  # a real-valued fp16 activation (ResNet stream, head): fp16
+
+    ALL = (BINARY, DATA, REAL)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _slices(rows: int, per_row: int) -> list[slice]:
+    """Row slices holding ~1/16 of a ``rows x per_row`` tensor (within the chunk bounds).
+
+    A float32 slice is then ~0.25 B per element of the tensor, far below the 2 B/element fp16
+    gradient buffers that backward needs anyway, and small models get small slices too.
+    """
+    budget = min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, rows * per_row // SLICE_FRACTION))
+    return batch_slices(rows, per_row, budget)
+
+
+def _column_slices(rows: int, cols: int, batch: int) -> list[slice]:
+    """Column slices (multiples of 8 wide, so they fall on packed-byte boundaries).
+
+    A slice's ``(rows, c)`` block of ``G`` and its ``(batch, c)`` block of the input both fit
+    the budget of :func:`_slices`.
+    """
+    budget = min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, rows * cols // SLICE_FRACTION))
+    width = max(8, budget // max(1, rows, batch) // 8 * 8)
+    return [slice(c, min(c + width, cols)) for c in range(0, cols, width)]
+
+
+def _po2(g: Tensor, bias: int | None, max_abs: float) -> Tensor:
+    return g if bias is None else po2_quantize(g, bias, max_abs=max_abs)
+
+
+def _abs_max(t: Tensor) -> float:
+    b = t.shape[0]
+    per = t[0].numel() if b else 1
+    return max((float(t[s].abs().max()) for s in _slices(b, per)), default=0)
+
+
+def save_data(x: Tensor) -> Tensor:
+    """Compact copy of data ``x`` in [-1, 1]: uint8 codes ``k`` when ``x == k*2/255 - 1``.
+
+    Images scaled as ``x / 255 * 2 - 1`` (method.md §3) round-trip through 8-bit codes up to one
+    float32 ulp, so 1 byte per value is exact; anything else is kept as float16.
+    """
+    b = x.shape[0]
+    codes = torch.empty(x.shape, dtype=torch.uint8)
+    for s in _slices(b, x[0].numel()):
+        c = (x[s] + 1).mul_(127.5).round_().clamp_(0, 255)
+        if (c * (2 / 255) - 1 - x[s]).abs().max() > 2**-20:
+            return x.to(torch.float16)
+        codes[s] = c
+    return codes
+
+
+def load_data(saved: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Inverse of :func:`save_data` (a slice of the saved tensor is fine)."""
+    if saved.dtype == torch.uint8:
+        return saved.to(dtype).mul_(2 / 255).sub_(1)
+    return saved.to(dtype)
+
+
+def _save_input(x: Tensor, kind: str) -> Tensor:
+    if kind == InputKind.BINARY:  # (B, ...) -> (B, ceil(n/8)) sign bits
+        out = torch.empty(x.shape[0], packed_size(x[0].numel()), dtype=torch.uint8)
+        for s in _slices(x.shape[0], x[0].numel()):
+            out[s] = pack_bits((x[s] >= 0).view(s.stop - s.start, -1))
+        return out
+    if kind == InputKind.DATA:
+        return save_data(x)
+    return x  # REAL: the fp16 activation itself (no copy)
+
+
+def _load_input(saved: Tensor, kind: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """Rebuild a batch slice of a layer input from what :func:`_save_input` kept."""
+    if kind == InputKind.BINARY:
+        return unpack_signs(saved, math.prod(shape[1:]), dtype).view(shape)
+    if kind == InputKind.DATA:
+        return load_data(saved, dtype)
+    return saved.to(dtype)
+
+
+def _load_columns(saved: Tensor, kind: str, cols: slice, dtype: torch.dtype) -> Tensor:
+    """Columns ``cols`` (start a multiple of 8) of a dense layer's saved ``(B, in)`` input."""
+    if kind == InputKind.BINARY:  # (B, in/8) packed -> (B, c)
+        packed = saved[:, cols.start // 8 : (cols.stop + 7) // 8]
+        return unpack_signs(packed, cols.stop - cols.start, dtype)
+    return load_data(saved[:, cols], dtype) if kind == InputKind.DATA else saved[:, cols].to(dtype)
+
+
+def _weight_operand(weight: Tensor, binary: bool, dtype: torch.dtype) -> Tensor:
+    return binary_sign(weight, dtype) if binary else weight.to(dtype)
+
+
+def _compute_dtype(kind: str, binary_weight: bool) -> torch.dtype:
+    return torch.bfloat16 if kind == InputKind.BINARY and binary_weight else torch.float32
+
+
+def _output_dtype(compute: torch.dtype) -> torch.dtype:
+    """Pre-BN output dtype: bf16 for +-1 x +-1 products, else fp16.
+
+    A binary layer's output ``Y`` holds integers (exact in bf16 up to 256, even ones up to 512),
+    and its gradient ``dY`` is rounded to bf16 for the bf16 products anyway; handing both over
+    in bf16 saves a converted copy of ``dY`` in every binary layer's backward.
+    """
+    return torch.bfloat16 if compute == torch.bfloat16 else torch.float16
+
+
+def _store_weight_grad(grad_bits: Tensor, rows: slice, g: Tensor) -> None:
+    """Write ``sign(G)`` rows (``G >= 0`` <=> +1, method.md §2b) into the packed buffer."""
+    grad_bits[rows] = pack_bits((g >= 0).view(g.shape[0], -1))  # (r, fan_in) -> (r, fan_in/8)
+
+
+# --- forward computations (shared with the layers' no-grad path) -----------------------------
+
+
+def linear_forward(x: Tensor, weight: Tensor, kind: str, binary_weight: bool) -> Tensor:
+    """``Y = X . W_b^T`` in slices of output rows: ``(B, in) -> (B, out)``."""
+    cdt = _compute_dtype(kind, binary_weight)
+    out_f, in_f = weight.shape
+    xc = x.to(cdt)  # (B, in); +-1 exact in bf16
+    y = torch.empty(x.shape[0], out_f, dtype=_output_dtype(cdt))
+    for r in _slices(out_f, in_f):
+        y[:, r] = xc @ _weight_operand(weight[r], binary_weight, cdt).T  # (B, r)
+    return y
+
+
+def conv2d_forward(
+    x: Tensor, weight: Tensor, stride: int, padding: int, kind: str, binary_weight: bool
+) -> Tensor:
+    """``Y = conv2d(X, W_b)`` in batch slices: ``(B, C_in, H, W) -> (B, C_out, H', W')``."""
+    cdt = _compute_dtype(kind, binary_weight)
+    w = _weight_operand(weight, binary_weight, cdt)
+    b = x.shape[0]
+    h_out = (x.shape[2] + 2 * padding - weight.shape[2]) // stride + 1
+    w_out = (x.shape[3] + 2 * padding - weight.shape[3]) // stride + 1
+    y = torch.empty(b, weight.shape[0], h_out, w_out, dtype=_output_dtype(cdt))
+    for s in _slices(b, max(x[0].numel(), y[0].numel())):
+        y[s] = F.conv2d(x[s].to(cdt), w, stride=stride, padding=padding)
+    return y
+
+
+# --- sign activation ---------------------------------------------------------------------------
+
+
+class SignSTEFn(Function):
+    """``q(x) = sign(x)`` (sign(0)=+1); ``dq/dx = 1[|x| <= 1]`` (BinaryNet STE, method.md §2c).
+
+    Saves the 1-bit mask only (the standard detach trick keeps the float input).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # noqa: D102
+        b, n = x.shape[0], x[0].numel()
+        out = torch.empty_like(x)
+        mask = torch.empty(b, packed_size(n), dtype=torch.uint8)
+        for s in _slices(b, n):
+            out[s] = binary_sign(x[s])
+            mask[s] = pack_bits((x[s].abs() <= 1).view(s.stop - s.start, n))
+        ctx.save_for_backward(mask)  # 1 bit per element
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # noqa: D102
+        (mask,) = ctx.saved_tensors
+        b, n = grad.shape[0], grad[0].numel()
+        gx = torch.empty_like(grad)
+        for s in _slices(b, n):
+            torch.mul(grad[s], unpack_bits(mask[s], n).view(grad[s].shape), out=gx[s])
+        return gx
+
+
+# --- binary weight layers ----------------------------------------------------------------------
+
+
+class BinaryLinearFn(Function):
+    """``Y = X . sign(W)^T`` with a 1-bit saved input and a 1-bit ``dW`` (method.md §2b).
+
+    Backward, given ``dY`` (quantized to PO2 first when ``po2_bias`` is set)::
+
+        dX = dY . sign(W)                 (not computed for the data layer)
+        G  = dY^T . sign(X)               (data layer: the real X)
+        grad_bits <- pack(G >= 0)         (= sign(G + 1e-16); /sqrt(N), |W|<=1 mask: optimizer)
+
+    Forward builds ``sign(W)`` in slices of output rows; backward works on slices of input
+    columns (``dX[:, c]``, ``G[:, c]``), so neither ``sign(W)``, ``G`` nor a float copy of the
+    saved input ever exists whole.
+    """
+
+    @staticmethod
+    def forward(  # noqa: D102
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        grad_bits: Tensor,
+        grad_count: Tensor,
+        kind: str,
+        binary_weight: bool,
+        po2_bias: int | None,
+    ) -> Tensor:
+        y = linear_forward(x, weight, kind, binary_weight)
+        ctx.kind, ctx.binary_weight, ctx.po2_bias = kind, binary_weight, po2_bias
+        ctx.in_dtype = x.dtype
+        ctx.save_for_backward(_save_input(x, kind), weight, grad_bits, grad_count)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        saved, weight, grad_bits, grad_count = ctx.saved_tensors
+        cdt = _compute_dtype(ctx.kind, ctx.binary_weight)
+        out_f, in_f = weight.shape
+        b = gy.shape[0]
+        m = float(gy.abs().max()) if ctx.po2_bias is not None else 0.0
+        # dY in the compute dtype: a no-op for bf16 layers (dY arrives in bf16); float32 copies
+        # (data layer) or PO2-quantized copies in slices of output features otherwise
+        rows = [slice(0, out_f)] if cdt == gy.dtype and m == 0.0 else _slices(out_f, b)
+        gx = torch.empty(b, in_f, dtype=ctx.in_dtype) if ctx.needs_input_grad[0] else None
+        acc = torch.zeros(b, in_f) if gx is not None and len(rows) > 1 else None
+        for r in rows:
+            g = gy[:, r] if ctx.po2_bias is None else _po2(gy[:, r].float(), ctx.po2_bias, m)
+            g = g.to(cdt)  # (B, r)
+            for c in _column_slices(r.stop - r.start, in_f, b):  # input features, whole bytes
+                # grad-input: dX[:, c] = dY . W_b[:, c]  (data layer: skipped)
+                if gx is not None:
+                    part = g @ _weight_operand(weight[r, c], ctx.binary_weight, cdt)  # (B, c)
+                    if acc is None:
+                        gx[:, c] = part
+                    else:
+                        acc[:, c] += part
+                # grad-weight: sign(dY^T . X[:, c]) -> packed columns of grad_bits
+                x = _load_columns(saved, ctx.kind, c, cdt)  # (B, c)
+                bytes_ = slice(c.start // 8, (c.stop + 7) // 8)
+                grad_bits[r, bytes_] = pack_bits((g.T @ x) >= 0)  # (r, c) -> (r, c/8)
+        if acc is not None:
+            gx.copy_(acc)
+        grad_count.add_(1)
+        return gx, None, None, None, None, None, None
+
+
+class BinaryConv2dFn(Function):
+    """``Y = conv2d(X, sign(W))`` with a 1-bit saved input and a 1-bit ``dW`` (method.md §2b).
+
+    Backward per batch slice, given ``dY`` (PO2-quantized first when ``po2_bias`` is set, with
+    one scale for the whole tensor)::
+
+        dX  = conv2d_input(dY, sign(W))           (transposed conv; skipped for the data layer)
+        G  += conv2d_weight(sign(X), dY)          (float32 accumulator, C_out x C_in x k x k)
+        grad_bits <- pack(G >= 0)
+    """
+
+    @staticmethod
+    def forward(  # noqa: D102
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        grad_bits: Tensor,
+        grad_count: Tensor,
+        stride: int,
+        padding: int,
+        kind: str,
+        binary_weight: bool,
+        po2_bias: int | None,
+    ) -> Tensor:
+        y = conv2d_forward(x, weight, stride, padding, kind, binary_weight)
+        ctx.geom = (stride, padding, tuple(x.shape[1:]))
+        ctx.kind, ctx.binary_weight, ctx.po2_bias = kind, binary_weight, po2_bias
+        ctx.in_dtype = x.dtype
+        ctx.save_for_backward(_save_input(x, kind), weight, grad_bits, grad_count)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        saved, weight, grad_bits, grad_count = ctx.saved_tensors
+        stride, padding, in_shape = ctx.geom
+        cdt = _compute_dtype(ctx.kind, ctx.binary_weight)
+        w = _weight_operand(weight, ctx.binary_weight, cdt)
+        b = gy.shape[0]
+        m = _abs_max(gy) if ctx.po2_bias is not None else 0.0
+        need_gx = ctx.needs_input_grad[0]
+        gx = torch.empty(b, *in_shape, dtype=ctx.in_dtype) if need_gx else None
+        acc = torch.zeros(weight.shape, dtype=torch.float32)  # G, (C_out, C_in, k, k)
+        per = max(math.prod(in_shape), gy[0].numel())
+        for s in _slices(b, per):
+            n = s.stop - s.start
+            g = _po2(gy[s].float(), ctx.po2_bias, m).to(cdt)  # (n, C_out, H_out, W_out)
+            x = _load_input(saved[s], ctx.kind, (n, *in_shape), cdt)  # (n, C_in, H, W)
+            gxs, gw, _ = torch.ops.aten.convolution_backward(
+                g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
+                [need_gx, True, False],
+            )  # fmt: skip
+            del x, g
+            if gx is not None:
+                gx[s] = gxs
+            acc += gw
+        _store_weight_grad(grad_bits, slice(None), acc)
+        grad_count.add_(1)
+        return gx, None, None, None, None, None, None, None, None
+
+
+# --- l1 batch norm -----------------------------------------------------------------------------
+
+
+class L1BatchNormFn(Function):
+    """l1 batch norm without gamma, with a 1-bit backward (method.md §2d).
+
+    Per channel ``c`` over the ``N = B*H*W`` values of the *actual* batch (§9 item 3)::
+
+        mu = fp16(mean y);  sigma = fp16(mean |y - mu|);  y_hat = (y - mu) / sigma
+        out = y_hat + fp16(beta)
+        save: sign(y_hat) (1 bit), s = fp16(mean |y_hat|), sigma
+
+    Backward, given ``dout``::
+
+        g = dout / sigma;  dbeta = sum dout
+        dy = g - mean(g) - sign(y_hat) * s * mean(g * sign(y_hat))
+
+    Running statistics (PyTorch ``momentum=0.1`` = Keras 0.9) are updated in place in forward.
+    """
+
+    @staticmethod
+    def forward(  # noqa: D102
+        ctx: Any,
+        y: Tensor,
+        beta: Tensor,
+        running_mean: Tensor,
+        running_sigma: Tensor,
+        momentum: float,
+    ) -> Tensor:
+        b, c = y.shape[:2]
+        yv = y.reshape(b, c, -1)  # (B, C, L) with L = H*W (1 for dense)
+        n = b * yv.shape[2]
+        slices = _slices(b, yv[0].numel())
+        total = torch.zeros(c)
+        for s in slices:
+            total += yv[s].float().sum((0, 2))
+        mu = (total / n).half().float()
+        dev = torch.zeros(c)
+        for s in slices:
+            dev += yv[s].float().sub_(mu[:, None]).abs_().sum((0, 2))
+        sigma = (dev / n).clamp_(min=SIGMA_MIN).half().float()
+        out = torch.empty(yv.shape, dtype=beta.dtype)  # fp16 activations after BN
+        bits = torch.empty(b, packed_size(yv[0].numel()), dtype=torch.uint8)
+        abs_sum = torch.zeros(c)
+        for s in slices:
+            yh = yv[s].float().sub_(mu[:, None]).div_(sigma[:, None])  # (b, C, L)
+            bits[s] = pack_bits((yh >= 0).view(s.stop - s.start, -1))
+            abs_sum += yh.abs().sum((0, 2))
+            out[s] = yh.add_(beta.float()[:, None])
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_((momentum * mu).to(running_mean.dtype))
+            running_sigma.mul_(1 - momentum).add_((momentum * sigma).to(running_sigma.dtype))
+        s_hat = (abs_sum / n).to(beta.dtype)
+        ctx.in_dtype = y.dtype
+        ctx.save_for_backward(bits, s_hat, sigma.to(beta.dtype))  # 1 bit/elem + 2 scalars/chan
+        return out.view(y.shape)
+
+    @staticmethod
+    def backward(ctx: Any, gout: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        bits, s_hat, sigma16 = ctx.saved_tensors
+        b, c = gout.shape[:2]
+        gv = gout.reshape(b, c, -1)  # (B, C, L)
+        length = gv[0].numel()
+        n = b * gv.shape[2]
+        slices = _slices(b, length)
+        sum_g = torch.zeros(c)
+        sum_gs = torch.zeros(c)
+        for s in slices:
+            g = gv[s].float()
+            sum_g += g.sum((0, 2))
+            sum_gs += g.mul_(unpack_signs(bits[s], length).view(g.shape)).sum((0, 2))
+        sigma = sigma16.float()
+        mean_g = sum_g / (n * sigma)  # mean(dout / sigma)
+        mean_gs = s_hat.float() * sum_gs / (n * sigma)  # mean(g * sign(y_hat) * s)
+        gy = torch.empty(gv.shape, dtype=ctx.in_dtype)
+        for s in slices:  # in place on one float32 slice: dy = g - mean(g) - sign * mean_gs
+            sign = unpack_signs(bits[s], length).view(gv[s].shape).mul_(mean_gs[:, None])
+            gy[s] = gv[s].float().div_(sigma[:, None]).sub_(mean_g[:, None]).sub_(sign)
+        gbeta = sum_g.to(s_hat.dtype) if ctx.needs_input_grad[1] else None
+        return gy.view(gout.shape), gbeta, None, None, None
+
+
+# --- pooling and ReLU --------------------------------------------------------------------------
+
+
+class MaxPool2dFn(Function):
+    """Max pooling that keeps only each output's argmax position inside its window.
+
+    The local index ``(dh * k + dw)`` is stored as ``ceil(log2 k^2)`` packed bit-planes (2 bits
+    per output for 2x2 pools = 0.5 bit per input; 4 bits for the 3x3/s2 ResNet stem pool = 1 bit
+    per input), the 1-bit argmax state of method.md §2a; backward scatters ``dY`` there.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, kernel: int, stride: int, padding: int) -> Tensor:  # noqa: D102
+        b, c, h, w = x.shape
+        h_out = (h + 2 * padding - kernel) // stride + 1
+        w_out = (w + 2 * padding - kernel) // stride + 1
+        planes = max(1, math.ceil(math.log2(kernel * kernel)))
+        n_out = c * h_out * w_out
+        out = torch.empty(b, c, h_out, w_out, dtype=x.dtype)
+        codes = torch.empty(b, planes, packed_size(n_out), dtype=torch.uint8)
+        h0 = (torch.arange(h_out) * stride - padding).view(h_out, 1)  # window origins
+        w0 = (torch.arange(w_out) * stride - padding).view(1, w_out)
+        for s in _slices(b, x[0].numel() * 2):
+            o, idx = F.max_pool2d(x[s], kernel, stride, padding, return_indices=True)
+            out[s] = o
+            local = (idx // w - h0) * kernel + (idx % w - w0)  # (n, C, H_out, W_out) in [0, k^2)
+            local = local.view(s.stop - s.start, n_out)
+            for p in range(planes):
+                codes[s, p] = pack_bits((local >> p) & 1)
+        ctx.geom = (kernel, stride, padding, (c, h, w))
+        ctx.save_for_backward(codes)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        (codes,) = ctx.saved_tensors
+        kernel, stride, padding, (c, h, w) = ctx.geom
+        b, _, h_out, w_out = gy.shape
+        n_out = c * h_out * w_out
+        h0 = (torch.arange(h_out) * stride - padding).view(h_out, 1)
+        w0 = (torch.arange(w_out) * stride - padding).view(1, w_out)
+        gx = torch.empty(b, c, h, w, dtype=gy.dtype)
+        for s in _slices(b, c * h * w * 2):
+            n = s.stop - s.start
+            local = torch.zeros(n, n_out, dtype=torch.int64)
+            for p in range(codes.shape[1]):
+                local |= unpack_bits(codes[s, p], n_out).long() << p
+            local = local.view(n, c, h_out, w_out)
+            flat = (h0 + local // kernel) * w + (w0 + local % kernel)  # input position
+            acc = torch.zeros(n, c, h * w)
+            acc.scatter_add_(2, flat.view(n, c, -1), gy[s].float().view(n, c, -1))
+            gx[s] = acc.view(n, c, h, w)
+        return gx, None, None, None
+
+
+class ReLUFn(Function):
+    """``relu(x)`` saving the 1-bit mask ``x > 0``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # noqa: D102
+        b, n = x.shape[0], x[0].numel()
+        mask = torch.empty(b, packed_size(n), dtype=torch.uint8)
+        for s in _slices(b, n):
+            mask[s] = pack_bits((x[s] > 0).view(s.stop - s.start, n))
+        ctx.save_for_backward(mask)
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # noqa: D102
+        (mask,) = ctx.saved_tensors
+        b, n = grad.shape[0], grad[0].numel()
+        gx = torch.empty_like(grad)
+        for s in _slices(b, n):
+            torch.mul(grad[s], unpack_bits(mask[s], n).view(grad[s].shape), out=gx[s])
+        return gx
+
+
+class AvgPool2dFn(Function):
+    """Non-overlapping ``k x k`` average pooling (ResNetE shortcut) that saves nothing.
+
+    Stock ``avg_pool2d`` keeps its float input for backward; the gradient only needs the shape:
+    ``dX[h, w] = dY[h // k, w // k] / k^2`` (zero for rows/columns the floor mode dropped).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, kernel: int) -> Tensor:  # noqa: D102
+        ctx.geom = (kernel, tuple(x.shape))
+        return F.avg_pool2d(x, kernel)
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        k, shape = ctx.geom
+        gx = torch.zeros(shape, dtype=gy.dtype)
+        up = (gy / (k * k)).repeat_interleave(k, 2).repeat_interleave(k, 3)
+        gx[:, :, : up.shape[2], : up.shape[3]] = up
+        return gx, None
+
+
+class ScaledCastFn(Function):
+    """Cast fp16 logits to float32; multiply the gradient by ``scale`` on the way back.
+
+    The low-cost model's last op: the loss sees float32 logits, the network sees its gradient
+    scaled into fp16's normal range (see :data:`core.recipes.LOWCOST_GRAD_SCALE`).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:  # noqa: D102
+        ctx.scale, ctx.in_dtype = scale, x.dtype
+        return x.float()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        return (grad * ctx.scale).to(ctx.in_dtype), None

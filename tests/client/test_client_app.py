@@ -1,0 +1,183 @@
+"""The ClientApp handler, called directly with the server strategy's real messages (no Ray)."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, RecordDict
+
+from client import task
+from client.client_app import train
+from client.records import RAW_STYPE, from_record, wire_bytes
+from client.state import ClientState, state_path
+from core import codec
+from core.codec import model_spec
+from core.config import from_run_config
+from server.server_app import float32_wire_bytes
+from server.strategy import BitFedStrategy, record_to_state, state_to_record
+
+RUN_CONFIG = {
+    "federation.num_clients": 2,
+    "federation.clients_per_round": 2,
+    "train.max_batches": 1,
+    "train.batch_size": 50,
+    "train.num_threads": 1,
+}
+NODES = {101: 0, 102: 1}  # node id -> partition id
+EXPECTED_METRICS = {
+    codec.NUM_EXAMPLES,
+    codec.LOSS,
+    codec.ACCURACY,
+    codec.BYTES_SENT,
+    codec.BYTES_RECEIVED,
+    codec.PEAK_MEMORY,
+    codec.TRAIN_TIME,
+    codec.MODEL_VERSION,
+}
+
+
+class FakeGrid:
+    def get_node_ids(self):
+        return list(NODES)
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    for attr in ("_task_id", "_node_id"):
+        if hasattr(TaskIdentity, attr):
+            monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+@pytest.fixture
+def fed(tmp_path):
+    """A real strategy and model, the run config, and a way to run one round on both nodes."""
+    run_config = RUN_CONFIG | {"output_dir": str(tmp_path)}
+    cfg = from_run_config(run_config)
+    test = task.load_split(cfg, "test")
+    spec = model_spec(task.new_model(cfg, test))
+    model = task.new_model(cfg, test)
+    state = task.state_of(model, spec)
+    strategy = BitFedStrategy(cfg, spec, lineage="lin0")
+
+    class Fed:
+        def __init__(self):
+            self.cfg, self.spec, self.strategy = cfg, spec, strategy
+            self.arrays = state_to_record(state)
+            self.contexts = {
+                n: Context(1, n, {"partition-id": p, "num-partitions": 2}, RecordDict(), run_config)
+                for n, p in NODES.items()
+            }
+
+        def send(self, server_round):
+            return list(
+                strategy.configure_train(server_round, self.arrays, ConfigRecord(), FakeGrid())
+            )
+
+        def reply(self, msg):
+            return _as_reply(train(msg, self.contexts[msg.metadata.dst_node_id]), msg)
+
+        def round(self, server_round):
+            replies = [self.reply(m) for m in self.send(server_round)]
+            new, _ = strategy.aggregate_train(server_round, replies)
+            if new is not None:
+                self.arrays = new
+            return replies
+
+        def path(self, node):
+            return state_path(tmp_path / "client-state", str(NODES[node]))
+
+    return Fed()
+
+
+def _as_reply(reply, msg):
+    # In a real run Flower stamps the reply's source; here the handler's reply_to did not.
+    reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+    return reply
+
+
+def test_reply_contains_only_signs_scales_float16_state_and_metrics(fed):
+    msgs = fed.send(1)
+    assert {m.content[codec.CONFIG][codec.PAYLOAD] for m in msgs} == {codec.FULL}
+    reply = fed.reply(msgs[0])
+    content = reply.content
+    assert set(content.keys()) == {codec.ARRAYS, codec.METRICS}
+    assert set(content[codec.METRICS].keys()) == EXPECTED_METRICS
+    record = content[codec.ARRAYS]
+    assert set(record.keys()) == {codec.SIGNS, codec.SCALES, codec.REAL}
+    spec = fed.spec
+    expected = {
+        codec.SIGNS: ("uint8", spec.sign_bytes),
+        codec.SCALES: ("float32", len(spec.sign)),
+        codec.REAL: ("float16", spec.real_numel),
+    }
+    for key, arr in record.items():
+        assert arr.stype == RAW_STYPE
+        assert (arr.dtype, arr.shape[0]) == expected[key]
+        assert len(arr.data) == arr.shape[0] * np.dtype(arr.dtype).itemsize
+    # no float tensor of data size: the float payload is per-channel state and one scale a tensor
+    ds = task.load_split(fed.cfg, "train")
+    pixels_per_client = ds.images[0].size * len(ds.labels) // 2
+    float_elems = spec.real_numel + len(spec.sign)
+    assert float_elems < 0.02 * spec.sign_numel and float_elems < pixels_per_client / 10
+    assert spec.sign_bytes * 8 - spec.sign_numel < 8 * len(spec.sign)  # 1 bit per weight
+    metrics = content[codec.METRICS]
+    assert metrics[codec.NUM_EXAMPLES] > 0 and metrics[codec.MODEL_VERSION] == 0
+    assert metrics[codec.BYTES_SENT] * 25 <= float32_wire_bytes(spec)  # the issue's 1/25
+    assert metrics[codec.BYTES_SENT] == wire_bytes(record)
+    assert metrics[codec.PEAK_MEMORY] > 0
+
+
+def test_error_feedback_residual_and_replica_are_persisted(fed):
+    fed.round(1)
+    saved = ClientState.load(fed.path(101), "lin0")
+    assert saved is not None and saved.version == 0 and saved.residual is not None
+    t = fed.spec.sign[0]
+    assert saved.residual[t.name].shape == t.shape and np.abs(saved.residual[t.name]).sum() > 0
+
+
+def test_delta_downlink_keeps_replica_equal_to_global(fed):
+    fed.round(1)
+    msgs = fed.send(2)
+    assert {m.content[codec.CONFIG][codec.PAYLOAD] for m in msgs} == {codec.DELTA}
+    down = msgs[0].content[codec.ARRAYS]
+    assert set(down.keys()) == {codec.SIGNS, codec.SCALES, codec.REAL}
+    fed.reply(msgs[0])  # applies the delta, trains, saves
+    replica = ClientState.load(fed.path(msgs[0].metadata.dst_node_id), "lin0").replica
+    server = record_to_state(fed.arrays)
+    for t in fed.spec.tensors:  # equal up to the float16 rounding of the round-1 full model
+        np.testing.assert_allclose(replica[t.name], server[t.name], atol=2e-3, rtol=2e-3)
+
+
+def test_client_without_replica_asks_for_the_full_model(fed):
+    fed.round(1)
+    fed.path(101).unlink()
+    replies = fed.round(2)
+    lost = next(r for r in replies if r.metadata.src_node_id == 101)
+    assert codec.ARRAYS not in lost.content
+    assert lost.content[codec.METRICS][codec.NEED_FULL] == 1
+    kinds = {m.metadata.dst_node_id: m.content[codec.CONFIG][codec.PAYLOAD] for m in fed.send(3)}
+    assert kinds[101] == codec.FULL
+
+
+def test_fedavg_baseline_sends_float32_state(tmp_path, monkeypatch):
+    run_config = RUN_CONFIG | {"output_dir": str(tmp_path), "strategy.name": "fedavg"}
+    cfg = from_run_config(run_config)
+    test = task.load_split(cfg, "test")
+    model = task.new_model(cfg, test)
+    spec = model_spec(model)
+    strategy = BitFedStrategy(cfg, spec, lineage="x")
+    msgs = list(
+        strategy.configure_train(
+            1, state_to_record(task.state_of(model, spec)), ConfigRecord(), FakeGrid()
+        )
+    )
+    assert msgs[0].content[codec.CONFIG][codec.PAYLOAD] == codec.FLOAT32
+    ctx = Context(1, 101, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
+    reply = train(msgs[0], ctx)
+    got = from_record(reply.content[codec.ARRAYS], spec.float32_bytes)
+    assert set(got) == {t.name for t in spec.tensors}
+    assert all(v.dtype == np.float32 for v in got.values())
+    assert not (tmp_path / "client-state").exists()  # nothing to keep for the baseline
+    assert torch.get_num_threads() >= 1

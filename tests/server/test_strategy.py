@@ -1,0 +1,205 @@
+"""BitFedStrategy: three literal replies, one hand-computed expected array (FedMedian-style)."""
+
+import logging
+import time
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.metadata import Metadata
+
+from client.records import from_record, to_record
+from core import codec
+from core.codec import ModelSpec, TensorSpec
+from core.config import ExperimentConfig, FederationConfig, StrategyConfig
+from server.strategy import BitFedStrategy, record_to_state, state_to_record
+
+SPEC = ModelSpec((TensorSpec("w", (4,), "sign"), TensorSpec("bn", (2,), "real")))
+GLOBAL = {"w": np.array([1.0, 2.0, 3.0, 4.0], np.float32), "bn": np.zeros(2, np.float32)}
+# client: (packed signs, scale, examples, real state)
+#   A: + + - -  -> 0b0011_0000 = 48     B: + - + -  -> 0b0101_0000 = 80
+#   C: - - - +  -> 0b1110_0000 = 224
+LITERAL = {
+    11: (48, 0.5, 10, [1.0, 2.0]),
+    12: (80, 1.0, 30, [3.0, 4.0]),
+    13: (224, 0.25, 60, [5.0, 6.0]),
+}
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    for attr in ("_task_id", "_node_id"):
+        if hasattr(TaskIdentity, attr):
+            monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+class FakeGrid:
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def make_reply(node, arrays, metrics, *, raw=True):
+    meta = Metadata(
+        run_id=1,
+        message_id=f"m{node}",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="x",
+        group_id="",
+        created_at=time.time(),
+        ttl=100.0,
+        message_type="train",
+    )
+    content = RecordDict({codec.METRICS: MetricRecord(metrics)})
+    if arrays is not None:
+        content[codec.ARRAYS] = to_record(arrays, raw=raw)
+    return Message(metadata=meta, content=content)
+
+
+def sign_reply(node, bits, scale, examples, real, version=0, **changes):
+    arrays = {
+        codec.SIGNS: np.array([bits], np.uint8),
+        codec.SCALES: np.array([scale], np.float32),
+        codec.REAL: np.array(real, np.float16),
+    }
+    arrays.update(changes)
+    metrics = {codec.NUM_EXAMPLES: examples, codec.MODEL_VERSION: version, codec.LOSS: 1.0}
+    return make_reply(node, arrays, metrics)
+
+
+def strategy(rule="mean", min_clients=2, max_examples=100_000, **fed):
+    cfg = ExperimentConfig(
+        strategy=StrategyConfig(name=rule, majority_step=0.001, max_examples=max_examples),
+        federation=FederationConfig(
+            num_clients=3, clients_per_round=3, min_clients=min_clients, **fed
+        ),
+    )
+    s = BitFedStrategy(cfg, SPEC, lineage="abc")
+    list(s.configure_train(1, state_to_record(GLOBAL), ConfigRecord(), FakeGrid(LITERAL)))
+    return s
+
+
+def literal_replies():
+    return [sign_reply(n, *v) for n, v in LITERAL.items()]
+
+
+def test_mean_rule_hand_computed():
+    s = strategy("mean")
+    arrays, metrics = s.aggregate_train(1, literal_replies())
+    # weights 0.1, 0.3, 0.6: step = [0.2, -0.4, 0.1, -0.2]; downlink scale mean|step| = 0.225
+    new = record_to_state(arrays)
+    np.testing.assert_allclose(new["w"], [1.225, 1.775, 3.225, 3.775], rtol=1e-6)
+    np.testing.assert_allclose(new["bn"], [4.0, 5.0])
+    np.testing.assert_allclose(s.residual["w"], [-0.025, -0.175, -0.125, 0.025], atol=1e-6)
+    assert s.version == 1 and metrics["valid"] == 3
+
+
+def test_majority_rule_hand_computed():
+    s = strategy("majority")
+    arrays, _ = s.aggregate_train(1, literal_replies())
+    new = record_to_state(arrays)
+    np.testing.assert_allclose(new["w"], [1.001, 1.999, 2.999, 3.999], rtol=1e-6)
+    np.testing.assert_allclose(new["bn"], [3.0, 4.0])  # coordinate-wise median
+
+
+def test_downlink_delta_reproduces_new_global_exactly():
+    s = strategy("mean")
+    arrays, _ = s.aggregate_train(1, literal_replies())
+    delta = codec.decode_update(from_record(s.last_delta, SPEC.float32_bytes), SPEC)
+    replica = GLOBAL["w"] + delta.dense(SPEC)["w"]
+    assert np.array_equal(replica, record_to_state(arrays)["w"])
+    # the nodes that replied now get the delta, a newcomer the full model
+    assert s._payload_for(11) == codec.DELTA and s._payload_for(99) == codec.FULL
+
+
+def test_fedavg_rule_is_weighted_float32_mean():
+    s = strategy("fedavg")
+    replies = []
+    for node, w, ex in ((11, 1.0, 10), (12, 2.0, 30), (13, 3.0, 60)):
+        state = {"w": np.full(4, w, np.float32), "bn": np.full(2, w, np.float32)}
+        metrics = {codec.NUM_EXAMPLES: ex, codec.MODEL_VERSION: 0}
+        replies.append(make_reply(node, codec.encode_float32(state, SPEC), metrics, raw=False))
+    arrays, _ = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(record_to_state(arrays)["w"], np.full(4, 2.5), rtol=1e-6)
+
+
+@pytest.fixture
+def flwr_log():
+    records = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Grab()
+    logging.getLogger("flwr").addHandler(handler)
+    yield records
+    logging.getLogger("flwr").removeHandler(handler)
+
+
+def test_malformed_reply_is_rejected_and_rest_aggregated(flwr_log):
+    s = strategy("mean")
+    bad = sign_reply(
+        13, 224, 0.25, 60, [5.0, 6.0], **{codec.SCALES: np.array([np.nan], np.float32)}
+    )
+    arrays, metrics = s.aggregate_train(1, literal_replies()[:2] + [bad])
+    assert arrays is not None and metrics["valid"] == 2 and metrics["rejected"] == 1
+    assert any("rejected reply from node 13" in m and "NaN" in m for m in flwr_log)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        lambda: sign_reply(13, 224, 0.25, 60, [5.0, 6.0], version=7),  # wrong model version
+        lambda: sign_reply(13, 224, 0.25, 0, [5.0, 6.0]),  # no examples
+        lambda: sign_reply(13, 224, 0.25, 60, [5.0, 6.0], **{codec.SIGNS: np.zeros(9, np.uint8)}),
+        lambda: sign_reply(13, 224, -1.0, 60, [5.0, 6.0]),  # negative scale
+        lambda: make_reply(13, {"x": np.zeros(3, np.float32)}, {codec.NUM_EXAMPLES: 5}),
+        lambda: make_reply(13, None, {codec.NUM_EXAMPLES: 5, codec.MODEL_VERSION: 0}),
+    ],
+)
+def test_each_kind_of_bad_reply_is_rejected(reply):
+    s = strategy("mean")
+    _, metrics = s.aggregate_train(1, literal_replies()[:2] + [reply()])
+    assert metrics["valid"] == 2 and metrics["rejected"] == 1
+
+
+def test_too_few_valid_replies_skip_the_round(flwr_log):
+    s = strategy("mean", min_clients=3)
+    arrays, metrics = s.aggregate_train(1, literal_replies()[:2])
+    assert arrays is None and metrics["skipped"] == 1 and s.version == 0
+    assert any("round 1 skipped" in m and "min_clients=3" in m for m in flwr_log)
+
+
+def test_claimed_examples_are_capped():
+    s = strategy("mean", max_examples=10)  # every client weighs 10: plain mean of scale*sign
+    arrays, _ = s.aggregate_train(1, literal_replies())
+    # step = [1.25, -0.75, 0.25, -1.25] / 3; mean|step| = 3.5/12, signs + - + -
+    a = 3.5 / 12
+    np.testing.assert_allclose(
+        record_to_state(arrays)["w"], [1 + a, 2 - a, 3 + a, 4 - a], rtol=1e-6
+    )
+
+
+def test_node_wait_deadline_gives_up_with_counts(flwr_log):
+    s = strategy("mean", node_wait_timeout=0.3)
+    t0 = time.monotonic()
+    msgs = list(s.configure_train(2, state_to_record(GLOBAL), ConfigRecord(), FakeGrid([11])))
+    assert msgs == [] and time.monotonic() - t0 < 5
+    assert any("gave up waiting for nodes" in m and "saw 1, needed 3" in m for m in flwr_log)
+
+
+def test_configure_train_payloads():
+    s = strategy("mean")
+    arrays, _ = s.aggregate_train(1, literal_replies())
+    msgs = list(s.configure_train(2, arrays, ConfigRecord(), FakeGrid([11, 12, 99])))
+    kinds = {m.metadata.dst_node_id: m.content[codec.CONFIG][codec.PAYLOAD] for m in msgs}
+    assert kinds == {11: codec.DELTA, 12: codec.DELTA, 99: codec.FULL}
+    conf = msgs[0].content[codec.CONFIG]
+    assert conf[codec.VERSION] == 1 and conf[codec.BASE_VERSION] == 0
