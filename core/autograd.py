@@ -76,6 +76,10 @@ CHUNK_ELEMENTS = 1 << 20  # largest float transient per slice (elements): 4 MiB 
 MIN_CHUNK_ELEMENTS = 1 << 14  # below this, per-call overhead dominates
 SLICE_FRACTION = 16  # a slice holds ~1/16 of the tensor it is cut from (within the bounds above)
 SIGMA_MIN = 1e-4  # floor of the l1 BN sigma, only for constant channels (the paper has no eps)
+# A channel whose sigma sits on the floor is constant over the batch (common with +-1 inputs and
+# tiny batches): its normalised output is 0 whatever y is, so it passes no gradient back, instead
+# of dout / 1e-4, which overflows the fp16 gradient buffers (seen with batches of 2).
+_SIGMA_FLOOR16 = float(torch.tensor(SIGMA_MIN).half())
 
 
 class InputKind:
@@ -399,6 +403,9 @@ class L1BatchNormFn(Function):
         g = dout / sigma;  dbeta = sum dout
         dy = g - mean(g) - sign(y_hat) * s * mean(g * sign(y_hat))
 
+    A channel that is constant over the batch (sigma on its floor :data:`SIGMA_MIN`) has
+    ``y_hat = 0`` for every input, so its ``dy`` is 0.
+
     Running statistics (PyTorch ``momentum=0.1`` = Keras 0.9) are updated in place in forward.
     """
 
@@ -454,6 +461,8 @@ class L1BatchNormFn(Function):
             sum_g += g.sum((0, 2))
             sum_gs += g.mul_(unpack_signs(bits[s], length).view(g.shape)).sum((0, 2))
         sigma = sigma16.float()
+        live = (sigma > _SIGMA_FLOOR16).float()  # 0 for constant channels (see SIGMA_MIN)
+        sigma = sigma / live  # inf for constant channels: their dy is exactly 0 below
         mean_g = sum_g / (n * sigma)  # mean(dout / sigma)
         mean_gs = s_hat.float() * sum_gs / (n * sigma)  # mean(g * sign(y_hat) * s)
         gy = torch.empty(gv.shape, dtype=ctx.in_dtype)

@@ -240,6 +240,17 @@ class TestL1BatchNorm:
         assert out[:, 2].tolist() == [1.0, -1.0]
         assert out[:, 1].tolist() == [0.0, 0.0]
 
+    def test_constant_channel_passes_no_gradient(self):
+        # a channel constant over the batch has y_hat = 0 for any y: dy must be 0, not dout/1e-4
+        # (which overflowed fp16 gradients in federated clients whose last batch held 2 images)
+        y = torch.tensor([[1.0, 5.0], [3.0, 5.0], [8.0, 5.0]]).half().requires_grad_(True)
+        beta = torch.zeros(2).half().requires_grad_(True)
+        out = L1BatchNormFn.apply(y, beta, torch.zeros(2).half(), torch.ones(2).half(), 0.1)
+        out.backward(torch.tensor([[30000.0, 30000.0], [-1000.0, 2.0], [5.0, 7.0]]).half())
+        assert torch.isfinite(y.grad).all()
+        assert y.grad[:, 1].tolist() == [0.0, 0.0, 0.0]
+        assert y.grad[:, 0].abs().sum() > 0
+
 
 class TestPooling:
     @pytest.mark.parametrize(("k", "s", "p", "hw"), [(2, 2, 0, 6), (2, 2, 0, 5), (3, 2, 1, 8)])
