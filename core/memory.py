@@ -14,7 +14,8 @@ Four views of the same step, from cheapest to most complete:
 
 The process figures are only meaningful when glibc hands large blocks back to the kernel at once:
 run the measuring process with ``MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0``
-(:data:`MALLOC_ENV`; :func:`measure_recipe_isolated` does so in a fresh subprocess).
+(:data:`MALLOC_ENV`; :func:`measure_recipe_isolated` does so in a fresh subprocess, and times the
+steps in another one with stock glibc, since pinning makes every large tensor a fresh ``mmap``).
 
 Method: Wang et al., "Enabling Binary Neural Network Training on the Edge", arXiv 2102.04270.
 """

@@ -3,7 +3,9 @@
 ``bitfed-memory --model NAME --batch-size B [--recipes standard,lowcost,lowcost-po2] [--json]``
 
 Each recipe runs in a fresh subprocess (glibc pinned by :data:`core.memory.MALLOC_ENV`): one warm
-step, then the measurements of :func:`core.memory.measure_step`. With ``--json`` it prints one JSON
+step, then the measurements of :func:`core.memory.measure_step`; its step time is the median of
+``--steps`` steps in a second fresh subprocess with stock glibc (pinning slows large allocations
+and would bias the time ratio). With ``--json`` it prints one JSON
 object ``{"model", "batch_size", "recipes": {NAME: {...}}, "ratios": {NAME: {...}}}``; the
 ratios are ``standard / NAME`` for memory (``peak_step``, ``peak_step_process``, ``saved``,
 ``state``, ``analytical``) and ``NAME / standard`` for ``step_seconds``. Without it, a table.
