@@ -147,7 +147,7 @@ class FederationConfig:
 
     num_clients: int = 10
     clients_per_round: int = 10  # sampled each round (<= num_clients)
-    num_rounds: int = 5
+    num_rounds: int = 20
     min_clients: int = 2  # fewest replies a round may aggregate
     round_timeout: float = 600.0  # seconds to wait for replies in one round
     node_wait_timeout: float = 120.0  # seconds to wait for enough nodes to connect

@@ -54,8 +54,11 @@ def _config(compose_bin: str, *files: str) -> dict:
     args = [compose_bin]
     for name in files:
         args += ["-f", str(ROOT / name)]
+    # Debian's docker-compose runs on the system Python: keep this process's Python settings
+    # (PYTHONPATH and the like, which Ray and other tests set) away from it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     proc = subprocess.run(
-        [*args, "config"], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
+        [*args, "config"], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env
     )
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)
