@@ -1,5 +1,9 @@
 """Per-round server checkpoint: global model, round counter, version, downlink residual, history.
 
+It also keeps what lets a resumed server go on sending 1-bit deltas instead of full models: the
+last downlink delta (version - 1 -> version, codec arrays) and the version each node id's
+replica was last known to hold.
+
 Written atomically (temp file + fsync + rename + directory fsync) after every round, so a
 ``kill -9`` at any moment leaves either the previous or the new checkpoint, never a torn one.
 """
@@ -50,6 +54,8 @@ class Checkpoint:
     global_state: dict[str, np.ndarray]
     residual: dict[str, np.ndarray]
     history: list[dict[str, Any]] = field(default_factory=list)
+    last_delta: dict[str, np.ndarray] | None = None  # codec arrays of the last downlink delta
+    node_version: dict[int, int] = field(default_factory=dict)  # node id -> replica version
 
     def save(self, folder: Path) -> Path:
         """Write ``folder/checkpoint.npz`` atomically; return its path."""
@@ -59,9 +65,12 @@ class Checkpoint:
             "lineage": self.lineage,
             "fingerprint": self.fingerprint,
             "history": self.history,
+            "node_version": {str(k): int(v) for k, v in self.node_version.items()},
         }
         arrays = {f"global/{k}": np.asarray(v, np.float32) for k, v in self.global_state.items()}
         arrays |= {f"residual/{k}": np.asarray(v, np.float32) for k, v in self.residual.items()}
+        for k, v in (self.last_delta or {}).items():
+            arrays[f"delta/{k}"] = np.asarray(v)
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         path = Path(folder) / CHECKPOINT_FILE
         atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
@@ -79,14 +88,17 @@ class Checkpoint:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data["meta"]).decode())
-                state, residual = {}, {}
+                parts: dict[str, dict[str, np.ndarray]] = {
+                    "global": {},
+                    "residual": {},
+                    "delta": {},
+                }
                 for key in data.files:
                     kind, _, name = key.partition("/")
-                    if kind == "global":
-                        state[name] = data[key]
-                    elif kind == "residual":
-                        residual[name] = data[key]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                    if kind in parts:
+                        parts[kind][name] = data[key]
+                nodes = {int(k): int(v) for k, v in meta.get("node_version", {}).items()}
+        except (OSError, ValueError, KeyError, AttributeError, zipfile.BadZipFile) as exc:
             raise ValueError(
                 f"checkpoint {path} is unreadable ({exc}); delete it or set federation.resume=false"
             ) from None
@@ -95,7 +107,9 @@ class Checkpoint:
             int(meta["version"]),
             str(meta["lineage"]),
             str(meta["fingerprint"]),
-            state,
-            residual,
+            parts["global"],
+            parts["residual"],
             list(meta.get("history", [])),
+            parts["delta"] or None,
+            nodes,
         )

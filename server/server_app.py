@@ -1,9 +1,9 @@
 """Flower ServerApp: config -> global model (or checkpoint) -> strategy.start -> per-round outputs.
 
 Each round the global model is evaluated on the dataset's held-out test split, a checkpoint is
-written atomically (round counter, version, global weights, downlink residual, history), and
-``metrics.json`` in the run folder is rewritten; ``federation.resume`` continues from the last
-checkpoint of the same configuration.
+written atomically (round counter, version, global weights, downlink residual, last delta,
+replica version per node, history), and ``metrics.json`` in the run folder is rewritten;
+``federation.resume`` continues from the last checkpoint of the same configuration.
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
         version=ckpt.version,
         residual=ckpt.residual or None,
         round_offset=ckpt.round,
+        last_delta=ckpt.last_delta,
+        node_version=ckpt.node_version,
     )
     done, history = ckpt.round, ckpt.history
     started = time.perf_counter()
@@ -128,7 +130,15 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
         if server_round > 0:
             residual = strategy.residual if cfg.strategy.name != "fedavg" else {}
             Checkpoint(
-                run_round, strategy.version, strategy.lineage, fprint, state, residual, history
+                run_round,
+                strategy.version,
+                strategy.lineage,
+                fprint,
+                state,
+                residual,
+                history,
+                strategy.last_delta_arrays,
+                strategy.node_version,
             ).save(ckpt_dir)
         _write_json(out / METRICS_FILE, report({}))
         log(

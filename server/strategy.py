@@ -90,6 +90,13 @@ class BitFedStrategy(FedAvg):
     round_offset
         Rounds completed before this ``start`` (resume): round ``r`` of ``start`` is
         ``round_offset + r`` of the run.
+    last_delta
+        Codec arrays of the downlink from ``version - 1`` to ``version`` (resume). With it, a
+        node this server has no record of is presumed to hold ``version - 1`` (the replica every
+        client of the interrupted run got) and is sent this delta, not the full model; a client
+        whose replica does not match says so (``need-full``) and gets the full model next round.
+    node_version
+        Replica version of each node id, as last known (resume).
     """
 
     def __init__(
@@ -101,6 +108,8 @@ class BitFedStrategy(FedAvg):
         version: int = 0,
         residual: dict[str, np.ndarray] | None = None,
         round_offset: int = 0,
+        last_delta: dict[str, np.ndarray] | None = None,
+        node_version: dict[int, int] | None = None,
     ) -> None:
         per_round = cfg.federation.clients_per_round
         super().__init__(
@@ -115,8 +124,11 @@ class BitFedStrategy(FedAvg):
         self.version = version
         self.residual = residual or {t.name: np.zeros(t.shape, np.float32) for t in spec.sign}
         self.round_offset = round_offset
-        self.node_version: dict[int, int] = {}  # what each node's replica holds, as far as known
-        self.last_delta: ArrayRecord | None = None  # downlink from version - 1 to version
+        # what each node's replica holds, as far as known (-1: no usable replica)
+        self.node_version: dict[int, int] = dict(node_version or {})
+        self.last_delta_arrays = last_delta  # downlink from version - 1 to version (codec)
+        self.last_delta: ArrayRecord | None = to_record(last_delta) if last_delta else None
+        self._presumed = version - 1 if last_delta else None  # replica of a node not yet heard
         self.round_stats: dict[str, dict[str, Any]] = {}  # per absolute round, for the tables
         self._global: dict[str, np.ndarray] | None = None
         self._sent: dict[int, int] = {}
@@ -206,7 +218,7 @@ class BitFedStrategy(FedAvg):
     def _payload_for(self, node: int) -> str:
         if self.cfg.strategy.name == "fedavg":
             return codec.FLOAT32
-        have = self.node_version.get(node)
+        have = self.node_version.get(node, self._presumed)
         if have == self.version:
             return codec.CURRENT
         if have == self.version - 1 and self.last_delta is not None:
@@ -265,7 +277,7 @@ class BitFedStrategy(FedAvg):
                 continue
             metrics = msg.content.metric_records.get(METRICS)
             if metrics is not None and metrics.get(codec.NEED_FULL) == 1:
-                self.node_version.pop(node, None)
+                self.node_version[node] = -1
                 log(
                     INFO,
                     "round %d: node %d has no usable replica; it gets the full model next time",
@@ -353,7 +365,8 @@ class BitFedStrategy(FedAvg):
         step = {k: lr * v for k, v in step.items()}
         signs, scales, self.residual = compress(step, self.residual, self.spec)
         down = SignUpdate(signs, scales, {k: v.astype(np.float16) for k, v in real.items()})
-        self.last_delta = to_record(encode_update(down, self.spec))
+        self.last_delta_arrays = encode_update(down, self.spec)
+        self.last_delta = to_record(self.last_delta_arrays)
         dense = down.dense(self.spec)
         assert self._global is not None
         new = {t.name: self._global[t.name] + dense[t.name] for t in self.spec.sign}

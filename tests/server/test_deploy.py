@@ -337,6 +337,26 @@ def _link_pid(log: str, nth: int = -1) -> int:
     return int(log.split("SuperLink pid ")[nth].split()[0])
 
 
+def _assert_no_secret_written(root: Path, secret_dirs: list[Path]) -> None:
+    """No line of any private key under ``secret_dirs`` appears in any other file under ``root``
+    (logs, results, checkpoints, client state, Flower homes, the state database)."""
+    secrets = set()
+    for folder in secret_dirs:
+        for key in folder.iterdir():
+            if key.suffix in (".pub", ".crt", ".pem"):
+                continue
+            body = [ln for ln in key.read_text().splitlines() if "-----" not in ln]
+            secrets |= {ln.encode() for ln in body if len(ln) >= 20}
+    assert secrets, "no private key found to look for"
+    for path in root.rglob("*"):
+        if not path.is_file() or any(d in path.parents for d in secret_dirs):
+            continue
+        data = path.read_bytes()
+        assert not any(s in data for s in secrets), f"private key material in {path}"
+        if path.suffix != ".py":
+            assert b"PRIVATE KEY" not in data, f"a private key in {path}"
+
+
 @pytest.mark.slow
 @needs_app
 def test_tls_federation_refuses_strangers_and_survives_a_superlink_restart(tmp_path) -> None:
@@ -387,6 +407,10 @@ def test_tls_federation_refuses_strangers_and_survives_a_superlink_restart(tmp_p
         assert all(0.0 <= r["accuracy"] <= 1.0 for r in fed.metrics()["rounds"])
         for text in (log, (fed.state / "run-config.toml").read_text()):
             assert "PRIVATE KEY" not in text  # no secret printed or written
+        _assert_no_secret_written(tmp_path, [fed.state / "certs", fed.keys])
+        # the resumed server went on with the 1-bit delta: the devices' replicas stayed valid
+        rounds = fed.metrics()["rounds"]
+        assert rounds[2]["downlink_bytes"] < rounds[1]["downlink_bytes"] / 10, rounds
     finally:
         fed.procs.stop_all()
 
