@@ -109,7 +109,7 @@ def fit_local(model: torch.nn.Module, data: LocalData, cfg: ExperimentConfig, se
     Batch order and torch's random stream (stochastic rounding) are seeded from
     ``(train.seed, round, first example index)``, so clients draw independent noise.
     """
-    from core import build_optimizer, fit
+    from core import build_optimizer, fit, from_recipe
     from core.data import ImageLoader
 
     first = int(data.train_idx[0]) if len(data.train_idx) else 0
@@ -125,6 +125,7 @@ def fit_local(model: torch.nn.Module, data: LocalData, cfg: ExperimentConfig, se
         augment=cfg.dataset.augment,
         flip=cfg.dataset.name != "svhn",
         drop_last=n > bs and n % bs == 1,  # a 1-example batch has no l1-BN deviation
+        raw=from_recipe(cfg.recipe.name).lowcost,  # low-cost models take uint8 codes as they are
     )
     optimizer = build_optimizer(model, cfg.recipe.name, cfg.recipe.lr)
     return fit(model, optimizer, loader, epochs=cfg.train.epochs, max_batches=cfg.train.max_batches)
@@ -135,7 +136,9 @@ def evaluate_global(model: torch.nn.Module, dataset, batch_size: int = 500):
     from core import evaluate
     from core.data import ImageLoader
 
-    loader = ImageLoader(dataset, None, batch_size=batch_size, shuffle=False)
+    recipe = getattr(model, "recipe", None)
+    raw = bool(getattr(recipe, "lowcost", False))  # low-cost models take uint8 codes as they are
+    loader = ImageLoader(dataset, None, batch_size=batch_size, shuffle=False, raw=raw)
     return evaluate(model, loader)
 
 

@@ -3,7 +3,23 @@
 Every Function keeps its backward state in ``ctx.save_for_backward`` (never as a ``ctx``
 attribute, so saved-tensor hooks see all of it) and processes its largest tensors in slices of
 ~1/16 of the tensor (``MIN_CHUNK_ELEMENTS``..``CHUNK_ELEMENTS`` elements), so backward
-transients stay bounded: a float copy of a whole activation is never made.
+transients stay bounded: a float copy of a whole activation is never made. The floor
+``MIN_CHUNK_ELEMENTS`` (32768 16-bit values; half as many float32 ones) keeps small models
+(the MLP) in few slices: below it, per-call overhead dominates the step time.
+
+Data input. The first layer (``InputKind.DATA``) accepts the loader's uint8 image codes ``k``
+(meaning ``k / 127.5 - 1``, method.md §3; ``ImageLoader(raw=True)``): it saves the batch itself
+as its 1-byte input (no copy), its forward scales slices on the fly or, for binary weights,
+multiplies ``k - 128`` by ``sign(W)`` in exact int8 arithmetic (:func:`_codes_times_signs`), and
+its backward rebuilds float32 columns of ``X`` slice by slice. No float copy of the batch exists.
+A float32 batch works too (saved as uint8 codes when it lies on that grid, else fp16).
+
+l1 batch norm in 16 bits. Its forward normalises in place in the fp16 output buffer and its
+backward works in place on the unpacked fp16 signs (``dy = dout/sigma - mean(g) - sign *
+mean_gs``), so neither keeps a float32 copy of the activation; the per-channel sums accumulate
+in float32 inside the reduction kernels (float32 slices only if a 16-bit sum overflows). The
+cost is ~1 fp16 ulp of ``|dout / sigma|`` in ``dy``, below the bf16 rounding of the ``dY`` that
+binary layers receive.
 
 Dtypes. Activations and their gradients are 16-bit: float16 everywhere, except the pre-BN
 output ``Y`` of a binary layer and its gradient ``dY``, which are bfloat16. Matrix products whose
@@ -45,6 +61,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from core.functional import (
+    abs_at_most_one,
     batch_slices,
     binary_sign,
     pack_bits,
@@ -73,7 +90,7 @@ __all__ = [
 ]
 
 CHUNK_ELEMENTS = 1 << 20  # largest float transient per slice (elements): 4 MiB in float32
-MIN_CHUNK_ELEMENTS = 1 << 14  # below this, per-call overhead dominates
+MIN_CHUNK_ELEMENTS = 1 << 15  # below this (16-bit values), per-call overhead dominates
 SLICE_FRACTION = 16  # a slice holds ~1/16 of the tensor it is cut from (within the bounds above)
 SIGMA_MIN = 1e-4  # floor of the l1 BN sigma, only for constant channels (the paper has no eps)
 # A channel whose sigma sits on the floor is constant over the batch (common with +-1 inputs and
@@ -95,23 +112,31 @@ class InputKind:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _slices(rows: int, per_row: int) -> list[slice]:
+def _slices(rows: int, per_row: int, floor: int = MIN_CHUNK_ELEMENTS) -> list[slice]:
     """Row slices holding ~1/16 of a ``rows x per_row`` tensor (within the chunk bounds).
 
     A float32 slice is then ~0.25 B per element of the tensor, far below the 2 B/element fp16
-    gradient buffers that backward needs anyway, and small models get small slices too.
+    gradient buffers that backward needs anyway. Below ``floor`` elements per slice (small
+    models), per-call overhead would dominate the step time, so slices are never smaller.
     """
-    budget = min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, rows * per_row // SLICE_FRACTION))
+    budget = min(CHUNK_ELEMENTS, max(floor, rows * per_row // SLICE_FRACTION))
     return batch_slices(rows, per_row, budget)
 
 
-def _column_slices(rows: int, cols: int, batch: int) -> list[slice]:
+def _floor_for(dtype: torch.dtype) -> int:
+    """Slice floor for transients of ``dtype``: :data:`MIN_CHUNK_ELEMENTS` 16-bit values' bytes."""
+    return MIN_CHUNK_ELEMENTS * 2 // max(2, dtype.itemsize)
+
+
+def _column_slices(
+    rows: int, cols: int, batch: int, floor: int = MIN_CHUNK_ELEMENTS
+) -> list[slice]:
     """Column slices (multiples of 8 wide, so they fall on packed-byte boundaries).
 
     A slice's ``(rows, c)`` block of ``G`` and its ``(batch, c)`` block of the input both fit
     the budget of :func:`_slices`.
     """
-    budget = min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, rows * cols // SLICE_FRACTION))
+    budget = min(CHUNK_ELEMENTS, max(floor, rows * cols // SLICE_FRACTION))
     width = max(8, budget // max(1, rows, batch) // 8 * 8)
     return [slice(c, min(c + width, cols)) for c in range(0, cols, width)]
 
@@ -130,8 +155,11 @@ def save_data(x: Tensor) -> Tensor:
     """Compact copy of data ``x`` in [-1, 1]: uint8 codes ``k`` when ``x == k*2/255 - 1``.
 
     Images scaled as ``x / 255 * 2 - 1`` (method.md §3) round-trip through 8-bit codes up to one
-    float32 ulp, so 1 byte per value is exact; anything else is kept as float16.
+    float32 ulp, so 1 byte per value is exact; anything else is kept as float16. A uint8 batch
+    already *is* those codes: it is saved as it is (no copy).
     """
+    if x.dtype == torch.uint8:
+        return x
     b = x.shape[0]
     codes = torch.empty(x.shape, dtype=torch.uint8)
     for s in _slices(b, x[0].numel()):
@@ -143,9 +171,14 @@ def save_data(x: Tensor) -> Tensor:
 
 
 def load_data(saved: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Inverse of :func:`save_data` (a slice of the saved tensor is fine)."""
+    """Inverse of :func:`save_data` (a slice of the saved tensor is fine).
+
+    uint8 codes ``k`` become ``k / 127.5 - 1``, the very float32 operations of
+    :func:`core.data.scale_to_unit`, so a uint8 batch and the float batch the loader would have
+    made from it give bit-identical layer inputs.
+    """
     if saved.dtype == torch.uint8:
-        return saved.to(dtype).mul_(2 / 255).sub_(1)
+        return saved.to(dtype).div_(127.5).sub_(1.0)
     return saved.to(dtype)
 
 
@@ -204,13 +237,50 @@ def _store_weight_grad(grad_bits: Tensor, rows: slice, g: Tensor) -> None:
 
 
 def linear_forward(x: Tensor, weight: Tensor, kind: str, binary_weight: bool) -> Tensor:
-    """``Y = X . W_b^T`` in slices of output rows: ``(B, in) -> (B, out)``."""
+    """``Y = X . W_b^T`` in slices of output rows: ``(B, in) -> (B, out)``.
+
+    A uint8 batch (image codes ``k``, ``x = k / 127.5 - 1``) never becomes a float copy: with
+    binary weights it goes through :func:`_codes_times_signs` (exact integer products), else
+    batch slices are scaled on the fly.
+    """
     cdt = _compute_dtype(kind, binary_weight)
     out_f, in_f = weight.shape
-    xc = x.to(cdt)  # (B, in); +-1 exact in bf16
     y = torch.empty(x.shape[0], out_f, dtype=_output_dtype(cdt))
+    if x.dtype == torch.uint8:
+        if binary_weight and x.device.type == "cpu":
+            return _codes_times_signs(x, weight, y)
+        batch = _slices(x.shape[0], in_f)
+        for r in _slices(out_f, in_f):
+            w = _weight_operand(weight[r], binary_weight, cdt)  # (r, in)
+            for s in batch:
+                y[s, r] = load_data(x[s], cdt) @ w.T  # (b, r)
+        return y
+    xc = x.to(cdt)  # (B, in); +-1 exact in bf16
     for r in _slices(out_f, in_f):
         y[:, r] = xc @ _weight_operand(weight[r], binary_weight, cdt).T  # (B, r)
+    return y
+
+
+def _codes_times_signs(codes: Tensor, weight: Tensor, y: Tensor) -> Tensor:
+    """``Y = X . sign(W)^T`` for image codes ``k`` (``X = k / 127.5 - 1``) in integer arithmetic.
+
+    With ``c = k - 128`` (int8: ``k XOR 0x80`` read as signed) and ``s = sign(W)`` (int8),
+    ``X = (c + 0.5) / 127.5``, so::
+
+        Y = (c . s^T + 0.5 * sum_j s_ij) / 127.5
+
+    ``c . s^T`` is an exact int8 x int8 -> int32 product (``torch._int_mm``), so ``Y`` carries a
+    single float32 rounding (the float32 path carries one per product and sum; both then round to
+    the fp16 output, which agrees up to one fp16 ulp). Transients: the int8 codes (1 B/value, as
+    the uint8 batch) and int8/int32 slices of output rows; no float copy of the batch.
+    """
+    out_f, in_f = weight.shape
+    centred = (codes ^ 0x80).view(torch.int8)  # (B, in): k - 128 in [-128, 127]
+    for r in _slices(out_f, in_f):
+        s = (weight[r] >= 0).to(torch.int8).mul_(2).sub_(1)  # (r, in) +-1
+        acc = torch._int_mm(centred, s.T)  # (B, r) int32, exact
+        offset = s.sum(1, dtype=torch.int32).float().mul_(0.5)  # (r,)
+        y[:, r] = acc.float().add_(offset).div_(127.5)
     return y
 
 
@@ -224,8 +294,8 @@ def conv2d_forward(
     h_out = (x.shape[2] + 2 * padding - weight.shape[2]) // stride + 1
     w_out = (x.shape[3] + 2 * padding - weight.shape[3]) // stride + 1
     y = torch.empty(b, weight.shape[0], h_out, w_out, dtype=_output_dtype(cdt))
-    for s in _slices(b, max(x[0].numel(), y[0].numel())):
-        y[s] = F.conv2d(x[s].to(cdt), w, stride=stride, padding=padding)
+    for s in _slices(b, max(x[0].numel(), y[0].numel())):  # uint8 codes: scaled per slice
+        y[s] = F.conv2d(load_data(x[s], cdt), w, stride=stride, padding=padding)
     return y
 
 
@@ -245,7 +315,7 @@ class SignSTEFn(Function):
         mask = torch.empty(b, packed_size(n), dtype=torch.uint8)
         for s in _slices(b, n):
             out[s] = binary_sign(x[s])
-            mask[s] = pack_bits((x[s].abs() <= 1).view(s.stop - s.start, n))
+            mask[s] = pack_bits(abs_at_most_one(x[s]).view(s.stop - s.start, n))
         ctx.save_for_backward(mask)  # 1 bit per element
         return out
 
@@ -254,8 +324,8 @@ class SignSTEFn(Function):
         (mask,) = ctx.saved_tensors
         b, n = grad.shape[0], grad[0].numel()
         gx = torch.empty_like(grad)
-        for s in _slices(b, n):
-            torch.mul(grad[s], unpack_bits(mask[s], n).view(grad[s].shape), out=gx[s])
+        for s in _slices(b, n):  # mask as 0/1 of grad's dtype: a same-dtype (vectorized) product
+            torch.mul(grad[s], unpack_bits(mask[s], n, grad.dtype).view(grad[s].shape), out=gx[s])
         return gx
 
 
@@ -302,13 +372,14 @@ class BinaryLinearFn(Function):
         m = float(gy.abs().max()) if ctx.po2_bias is not None else 0.0
         # dY in the compute dtype: a no-op for bf16 layers (dY arrives in bf16); float32 copies
         # (data layer) or PO2-quantized copies in slices of output features otherwise
-        rows = [slice(0, out_f)] if cdt == gy.dtype and m == 0.0 else _slices(out_f, b)
+        floor = _floor_for(cdt)  # float32 blocks (data layer): half as many elements
+        rows = [slice(0, out_f)] if cdt == gy.dtype and m == 0.0 else _slices(out_f, b, floor)
         gx = torch.empty(b, in_f, dtype=ctx.in_dtype) if ctx.needs_input_grad[0] else None
         acc = torch.zeros(b, in_f) if gx is not None and len(rows) > 1 else None
         for r in rows:
             g = gy[:, r] if ctx.po2_bias is None else _po2(gy[:, r].float(), ctx.po2_bias, m)
             g = g.to(cdt)  # (B, r)
-            for c in _column_slices(r.stop - r.start, in_f, b):  # input features, whole bytes
+            for c in _column_slices(r.stop - r.start, in_f, b, floor):  # whole packed bytes
                 # grad-input: dX[:, c] = dY . W_b[:, c]  (data layer: skipped)
                 if gx is not None:
                     part = g @ _weight_operand(weight[r, c], ctx.binary_weight, cdt)  # (B, c)
@@ -430,18 +501,21 @@ class L1BatchNormFn(Function):
         for s in slices:
             dev += yv[s].float().sub_(mu[:, None]).abs_().sum((0, 2))
         sigma = (dev / n).clamp_(min=SIGMA_MIN).half().float()
-        out = torch.empty(yv.shape, dtype=beta.dtype)  # fp16 activations after BN
         bits = torch.empty(b, packed_size(yv[0].numel()), dtype=torch.uint8)
-        abs_sum = torch.zeros(c)
+        # y_hat and out in place in the fp16 output buffer: y -> fp16 is exact (integers of a
+        # binary layer, |y| <= fan_in < 65504; fp16 otherwise); y - mu rounds once and keeps
+        # its sign, so sign(y_hat) is exact and out is within ~1 fp16 ulp of the float32 path
+        out = yv.to(beta.dtype, copy=True)  # (B, C, L) fp16 activations after BN
+        mu16, inv16 = mu.to(beta.dtype)[:, None], (1 / sigma).to(beta.dtype)[:, None]
         for s in slices:
-            yh = yv[s].float().sub_(mu[:, None]).div_(sigma[:, None])  # (b, C, L)
+            yh = out[s].sub_(mu16).mul_(inv16)  # (b, C, L)
             bits[s] = pack_bits((yh >= 0).view(s.stop - s.start, -1))
-            abs_sum += yh.abs().sum((0, 2))
-            out[s] = yh.add_(beta.float()[:, None])
+            yh.add_(beta[:, None])
         with torch.no_grad():
             running_mean.mul_(1 - momentum).add_((momentum * mu).to(running_mean.dtype))
             running_sigma.mul_(1 - momentum).add_((momentum * sigma).to(running_sigma.dtype))
-        s_hat = (abs_sum / n).to(beta.dtype)
+        # s = mean|y_hat| = mean|y - mu| / sigma = (dev / n) / sigma, exactly, without a pass
+        s_hat = (dev / n / sigma).to(beta.dtype)
         ctx.in_dtype = y.dtype
         ctx.save_for_backward(bits, s_hat, sigma.to(beta.dtype))  # 1 bit/elem + 2 scalars/chan
         return out.view(y.shape)
@@ -454,23 +528,63 @@ class L1BatchNormFn(Function):
         length = gv[0].numel()
         n = b * gv.shape[2]
         slices = _slices(b, length)
-        sum_g = torch.zeros(c)
-        sum_gs = torch.zeros(c)
-        for s in slices:
-            g = gv[s].float()
-            sum_g += g.sum((0, 2))
-            sum_gs += g.mul_(unpack_signs(bits[s], length).view(g.shape)).sum((0, 2))
+        sum_g, sum_gs = _l1bn_grad_sums(gv, bits, slices)
         sigma = sigma16.float()
         live = (sigma > _SIGMA_FLOOR16).float()  # 0 for constant channels (see SIGMA_MIN)
-        sigma = sigma / live  # inf for constant channels: their dy is exactly 0 below
-        mean_g = sum_g / (n * sigma)  # mean(dout / sigma)
-        mean_gs = s_hat.float() * sum_gs / (n * sigma)  # mean(g * sign(y_hat) * s)
+        inv_sigma = live / sigma  # 0 for constant channels: their dy is exactly 0 below
+        mean_g = sum_g * inv_sigma / n  # mean(dout / sigma)
+        mean_gs = s_hat.float() * sum_gs * inv_sigma / n  # mean(g * sign(y_hat) * s)
         gy = torch.empty(gv.shape, dtype=ctx.in_dtype)
-        for s in slices:  # in place on one float32 slice: dy = g - mean(g) - sign * mean_gs
-            sign = unpack_signs(bits[s], length).view(gv[s].shape).mul_(mean_gs[:, None])
-            gy[s] = gv[s].float().div_(sigma[:, None]).sub_(mean_g[:, None]).sub_(sign)
+        low = _low_precision(gout.dtype)
+        if low is not None:  # 16-bit arithmetic in place on the unpacked signs: no float copy
+            inv16, mean16, neg_gs16 = (v.to(low)[:, None] for v in (inv_sigma, mean_g, -mean_gs))
+            for s in slices:  # dy = dout * (1/sigma) - (sign * mean_gs + mean_g)
+                t = unpack_signs(bits[s], length, low).view(gv[s].shape)
+                t.mul_(neg_gs16).sub_(mean16).addcmul_(gv[s].to(low), inv16)
+                gy[s] = t
+        else:
+            for s in slices:  # float32 arithmetic on one slice at a time
+                sign = unpack_signs(bits[s], length).view(gv[s].shape).mul_(mean_gs[:, None])
+                g = torch.mul(gv[s], inv_sigma[:, None])  # a new float32 slice, gout untouched
+                gy[s] = g.sub_(mean_g[:, None]).sub_(sign)
         gbeta = sum_g.to(s_hat.dtype) if ctx.needs_input_grad[1] else None
         return gy.view(gout.shape), gbeta, None, None, None
+
+
+def _low_precision(dtype: torch.dtype) -> torch.dtype | None:
+    """Return the 16-bit dtype the l1 BN backward computes in for ``dtype`` gradients, or None.
+
+    float16 gradients are handled in float16 (11 significant bits, 3 more than the bf16 ``dY``
+    most binary layers take); bfloat16 gradients in bfloat16. Each elementwise op still
+    computes in float32 internally and rounds once per op.
+    """
+    return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
+
+def _l1bn_grad_sums(gv: Tensor, bits: Tensor, slices: list[slice]) -> tuple[Tensor, Tensor]:
+    """Per-channel ``sum(g)`` and ``sum(g * sign(y_hat))`` of ``g`` ``(B, C, L)`` (float32).
+
+    16-bit ``g`` is reduced in its own dtype (the kernels accumulate in float32; only the
+    per-channel result is rounded to 16 bits), with ``g * sign`` formed in place on the unpacked
+    signs (exact: a sign flip), so no float32 copy of ``g`` is made. If a 16-bit sum overflows
+    (|sum| > 65504 in float16), the sums are redone in float32 slices.
+    """
+    c, length = gv.shape[1], gv[0].numel()
+    low = _low_precision(gv.dtype)
+    if low is not None:
+        sum_g, sum_gs = torch.zeros(c), torch.zeros(c)
+        for s in slices:  # per slice: the reduction's internal buffers stay slice-sized too
+            sum_g += gv[s].sum((0, 2))
+            t = unpack_signs(bits[s], length, low).view(gv[s].shape).mul_(gv[s])
+            sum_gs += t.sum((0, 2))
+        if bool(torch.isfinite(sum_g).all()) and bool(torch.isfinite(sum_gs).all()):
+            return sum_g, sum_gs
+    sum_g, sum_gs = torch.zeros(c), torch.zeros(c)
+    for s in slices:
+        g = gv[s].float()  # (may be gout itself when it is float32: not modified below)
+        sum_g += g.sum((0, 2))
+        sum_gs += unpack_signs(bits[s], length).view(g.shape).mul_(g).sum((0, 2))
+    return sum_g, sum_gs
 
 
 # --- pooling and ReLU --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from torch import Tensor
 
 __all__ = [
     "binary_sign",
+    "abs_at_most_one",
     "pack_bits",
     "unpack_bits",
     "unpack_signs",
@@ -28,10 +29,25 @@ __all__ = [
     "po2_quantize",
     "random_bits",
     "stochastic_round",
+    "stochastic_round_",
     "batch_slices",
 ]
 
 _SHIFTS = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
+_GATHER = 0x8040201008040201 - (1 << 64)  # as a signed int64 (see pack_bits)
+_ONE_BITS = {torch.float16: 0x3C00, torch.bfloat16: 0x3F80}  # bit pattern of 1.0
+
+
+def abs_at_most_one(x: Tensor) -> Tensor:
+    """``|x| <= 1`` (the STE mask, method.md §2c); on the bit pattern for 16-bit floats.
+
+    For float16/bfloat16, ``|x| <= 1`` <=> ``bits & 0x7FFF <= bits(1.0)`` (NaN: False), which
+    integer ops compute ~4x faster than a float16 ``abs`` and compare on CPU.
+    """
+    one = _ONE_BITS.get(x.dtype)
+    if one is None:
+        return x.abs() <= 1
+    return x.view(torch.int16).bitwise_and(0x7FFF) <= one
 
 
 def binary_sign(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -44,6 +60,10 @@ def binary_sign(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     tensor([-1.,  1.,  1.,  1.])
     """
     dtype = x.dtype if dtype is None else dtype
+    one = _ONE_BITS.get(dtype)
+    if one is not None:  # 16-bit result: +-1 built as bit patterns (integer ops, ~3x faster)
+        bits = (x >= 0).to(torch.int16).bitwise_left_shift_(15)  # 0x8000 where x >= 0
+        return bits.bitwise_xor_(one | -0x8000).view(dtype)  # 0x8000 ^ bits(-1) = bits(+1)
     return (x >= 0).to(dtype).mul_(2).sub_(1)  # 10x faster than torch.where on CPU
 
 
@@ -67,21 +87,35 @@ def pack_bits(bits: Tensor) -> Tensor:
         element ``8k + j``; padding bits are zero.
     """
     n = bits.shape[-1]
+    if n == 0 or bits.numel() == 0:
+        return torch.zeros(*bits.shape[:-1], packed_size(n), dtype=torch.uint8)
     pad = (-n) % 8
-    b = bits.to(torch.uint8)
+    b = bits.view(torch.uint8) if bits.dtype == torch.bool else bits.to(torch.uint8)
     if pad:
         b = torch.nn.functional.pad(b, (0, pad))
-    b = b.reshape(*bits.shape[:-1], -1, 8)  # (..., n8, 8)
-    return (b << _SHIFTS).sum(-1, dtype=torch.uint8)  # (..., n8)
+    # each group of 8 bytes (0/1, little-endian in an int64: element j at bit 8j) times
+    # 0x8040201008040201 sets bit 63 - j to element j, and no two partial products share a bit
+    # (8j + 63 - 9k are distinct), so the top byte is the packed byte, first element in its MSB
+    # (int64 products wrap mod 2^64). 3-10x faster than shifting and summing the 8 bytes.
+    words = b.contiguous().view(torch.int64)  # (..., n8)
+    return (words * _GATHER).bitwise_right_shift_(56).bitwise_and_(0xFF).to(torch.uint8)
 
 
-def unpack_bits(packed: Tensor, n: int) -> Tensor:
-    """Inverse of :func:`pack_bits`: ``uint8 (..., ceil(n/8))`` -> ``bool (..., n)``."""
+def unpack_bits(packed: Tensor, n: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Inverse of :func:`pack_bits`: ``uint8 (..., ceil(n/8))`` -> ``bool (..., n)``.
+
+    With ``dtype``, the bits come back as 0/1 values of that dtype (one table lookup per
+    byte), ready to multiply a tensor of the same dtype without a mixed-dtype op.
+    """
     if packed.shape[-1] != packed_size(n):
         raise ValueError(
             f"packed last dim {packed.shape[-1]} does not hold {n} bits "
             f"(expected {packed_size(n)} bytes)"
         )
+    if dtype is not None:
+        ones = _sign_table(dtype).add(1).div_(2)  # (256, 8) 0/1, tiny
+        flat = ones.index_select(0, packed.reshape(-1).int()).view(*packed.shape[:-1], -1)
+        return flat if flat.shape[-1] == n else flat[..., :n]
     b = (packed.unsqueeze(-1) >> _SHIFTS) & 1  # (..., n8, 8)
     return b.view(*packed.shape[:-1], -1)[..., :n].bool()  # (..., n)
 
@@ -161,6 +195,51 @@ def stochastic_round(x: Tensor, dtype: torch.dtype, noise: Tensor) -> Tensor:
     r = noise if drop == 16 else noise.bitwise_and_((1 << drop) - 1)  # uniform in [0, 2^drop)
     r.add_(x.view(torch.int32)).bitwise_and_(-(1 << drop))  # keep sign, exponent, top mantissa
     return r.view(torch.float32).to(dtype)
+
+
+_DROPPED_BITS = {torch.float16: 13, torch.bfloat16: 16}
+
+
+def stochastic_round_(
+    x: Tensor,
+    dtype: torch.dtype,
+    generator: torch.Generator | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """In-place variant of :func:`stochastic_round` that draws its own noise, cheaply.
+
+    Same rounding (``E[round(x)] = x``, noise added below the target's last mantissa bit, then
+    truncation), but ``x`` (float32) is consumed as the work buffer, and the noise for float16
+    comes from 64-bit draws split into four 16-bit fields (each with >= 15 random bits, of which
+    the low 13 are used): a quarter of the generator calls of one draw per element, ~2.5x faster
+    on CPU. Every element still gets its own independent uniform noise. bfloat16 (16 noise bits)
+    draws one int32 per element, as :func:`random_bits`.
+
+    Returns
+    -------
+    Tensor
+        ``x`` rounded to ``dtype``: written into ``out`` (same shape, dtype ``dtype``) when
+        given, else a new tensor; ``x`` itself holds the truncated float32 bits.
+    """
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        raise ValueError(f"stochastic_round_ expects contiguous float32 input, got {x.dtype}")
+    drop = _DROPPED_BITS.get(dtype)
+    if drop is None:
+        raise ValueError(f"stochastic_round_ targets float16 or bfloat16, not {dtype}")
+    bits = x.view(torch.int32)
+    if drop < 16:
+        n = x.numel()
+        draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
+        noise = draws.random_(generator=generator).view(torch.int16)[:n].view(x.shape)
+        bits.add_(noise.bitwise_and_((1 << drop) - 1))  # uniform in [0, 2^drop)
+    else:
+        bits.add_(random_bits(x.shape, generator, drop))
+    rounded = bits.bitwise_and_(-(1 << drop)).view(torch.float32)  # exact in ``dtype``
+    if out is None:
+        return rounded.to(dtype)
+    if out.dtype != dtype:
+        raise ValueError(f"out has dtype {out.dtype}, expected {dtype}")
+    return out.copy_(rounded)  # the cast happens in the copy: no intermediate tensor
 
 
 def batch_slices(batch: int, per_sample: int, budget: int) -> list[slice]:

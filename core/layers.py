@@ -37,6 +37,7 @@ from core.autograd import (
     SignSTEFn,
     conv2d_forward,
     linear_forward,
+    load_data,
 )
 from core.functional import binary_sign, packed_size
 from core.recipes import Recipe
@@ -111,6 +112,22 @@ class PackedGradLayer(nn.Module):
     def _weight_for_standard(self) -> Tensor:
         return ste_sign(self.weight) if self.binary_weight else self.weight
 
+    def _check_input(self, x: Tensor) -> Tensor:
+        """Accept a uint8 image batch in the data layer (``x / 127.5 - 1``, method.md §3).
+
+        Low-cost recipes keep the codes as they are (the Functions scale them on the fly and
+        save them as the layer's 1-byte input); ``standard`` scales them to float32 here, as
+        a typical PyTorch user would before calling the model.
+        """
+        if x.dtype != torch.uint8:
+            return x
+        if self.input_kind != InputKind.DATA:
+            raise TypeError(
+                f"uint8 input reached a {self.input_kind!r} layer; only a model's first (data) "
+                "layer takes uint8 image codes: pass floats here or build the layer as data"
+            )
+        return x if self.recipe.lowcost else load_data(x, self.weight.dtype)
+
     def _extra(self) -> str:
         q = "sign" if self.binary_weight else "real"
         return f"w={q}, input={self.input_kind}, recipe={self.recipe.short_str()}"
@@ -151,6 +168,7 @@ class BinaryLinear(nn.Linear, PackedGradLayer):
         pass
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        x = self._check_input(x)
         if not self.recipe.lowcost:
             return F.linear(x, self._weight_for_standard(), self.bias)
         if torch.is_grad_enabled():
@@ -196,6 +214,7 @@ class BinaryConv2d(nn.Conv2d, PackedGradLayer):
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         stride, padding = self.stride[0], self.padding[0]
+        x = self._check_input(x)
         if not self.recipe.lowcost:
             return F.conv2d(x, self._weight_for_standard(), stride=stride, padding=padding)
         if not torch.is_grad_enabled():  # evaluation: same arithmetic, nothing saved

@@ -706,12 +706,16 @@ def measure_recipe(
     ``phase`` is ``"memory"`` (no timing), ``"time"`` (only ``step_seconds`` and
     ``step_seconds_all``) or ``"all"``.
 
-    The batch is random 8-bit pixels scaled as the data loader scales them (``k / 127.5 - 1``,
-    float32, what :class:`core.data.ImageLoader` yields) with random labels: memory and time do
-    not depend on the values, but the first layer may keep data on that grid as 1-byte codes.
+    The batch is random 8-bit pixels with random labels (memory and time do not depend on the
+    values), fed in each recipe's natural input dtype (``input_dtype`` in the result):
+    ``standard`` gets them scaled to float32 ``k / 127.5 - 1``, what a typical PyTorch user feeds
+    (:class:`core.data.ImageLoader`'s default); the low-cost recipes get the uint8 codes
+    themselves (``ImageLoader(..., raw=True)``), which their first layer keeps as its 1-byte
+    saved input without a float copy of the batch ("keep the data as compact as the data
+    allows", issue 3). Both batches hold the same images.
 
     Returns ``{"analytical": {...}, "measured": {...}, "step_seconds": float, "in_shape": [...],
-    "num_params": int, "device": str}``; ``measured`` holds the fields of
+    "input_dtype": str, "num_params": int, "device": str}``; ``measured`` holds the fields of
     :class:`StepMeasurement`. Run it in a fresh process (:func:`measure_recipe_isolated`) for
     process figures that belong to this recipe alone.
     """
@@ -728,9 +732,17 @@ def measure_recipe(
     optimizer = build_optimizer(model, rec)
     gen = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (batch_size, *shape), generator=gen, dtype=torch.uint8)
-    x = pixels.float().div_(127.5).sub_(1.0).to(device)  # (B, C, H, W) in [-1, 1]
+    if rec.lowcost:
+        x = pixels.to(device)  # (B, C, H, W) uint8 codes k, meaning k / 127.5 - 1
+    else:
+        x = pixels.float().div_(127.5).sub_(1.0).to(device)  # (B, C, H, W) in [-1, 1]
+    del pixels
     y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
-    info = {"in_shape": list(shape), "device": device}
+    info = {
+        "in_shape": list(shape),
+        "input_dtype": str(x.dtype).removeprefix("torch."),
+        "device": device,
+    }
     if phase == "time":
         times = time_steps(model, optimizer, x, y, steps=steps)
         return {"step_seconds": statistics.median(times), "step_seconds_all": times, **info}

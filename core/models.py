@@ -1,7 +1,9 @@
 """The paper's networks (method.md §3) and binary ResNetE-18, for any recipe.
 
-Every model takes float32 images in [-1, 1] of shape ``(B, *in_shape)`` and returns float32
-logits ``(B, num_classes)`` (softmax lives in the cross-entropy loss). The first weight layer is
+Every model takes float32 images in [-1, 1] of shape ``(B, *in_shape)``, or the uint8 codes
+``k`` of those images (``x = k / 127.5 - 1``; low-cost models keep them as they are, standard
+ones scale them in the first layer), and returns float32 logits ``(B, num_classes)`` (softmax
+lives in the cross-entropy loss). The first weight layer is
 declared with ``input_kind=InputKind.DATA`` in each definition below: nothing is detected from
 shapes.
 """
@@ -224,7 +226,8 @@ def build_model(
     -------
     nn.Module
         Model in train mode with a ``recipe`` attribute; ``model(x)`` maps float32
-        ``(B, *in_shape)`` in [-1, 1] to float32 logits ``(B, num_classes)``.
+        ``(B, *in_shape)`` in [-1, 1] (or its uint8 codes, ``ImageLoader(raw=True)``) to float32
+        logits ``(B, num_classes)``.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

@@ -60,7 +60,8 @@ def fit(
     model, optimizer
         From :func:`core.build_model` / :func:`core.build_optimizer` with the same recipe.
     loader : iterable of (x, y)
-        Re-iterable batches: float32 images in [-1, 1] ``(B, *in_shape)``, int64 labels ``(B,)``.
+        Re-iterable batches: float32 images in [-1, 1] ``(B, *in_shape)`` or their uint8 codes
+        (``ImageLoader(raw=True)``, the compact input of low-cost models), int64 labels ``(B,)``.
     epochs : int
         Passes over the loader (>= 1).
     max_batches : int
@@ -89,7 +90,7 @@ def fit(
                 break
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
-            del x  # the low-cost model kept what it needs (uint8 codes); free the float batch
+            del x  # the low-cost model kept what it needs (uint8 codes); free the batch
             loss = F.cross_entropy(logits, y)
             value = float(loss.detach())
             if not math.isfinite(value):

@@ -9,8 +9,10 @@ and would bias the time ratio). With ``--json`` it prints one JSON
 object ``{"model", "batch_size", "recipes": {NAME: {...}}, "ratios": {NAME: {...}}}``; the
 ratios are ``standard / NAME`` for memory (``peak_step``, ``peak_step_process``, ``saved``,
 ``state``, ``analytical``) and ``NAME / standard`` for ``step_seconds``. Without it, a table.
-On a machine with CUDA each recipe is also measured on the GPU
-(``torch.cuda.max_memory_allocated``).
+Each recipe is fed its natural input, named ``input_dtype`` in its result: ``standard`` a
+float32 batch (what a typical PyTorch user feeds), the low-cost recipes the uint8 pixel codes
+(see :func:`core.memory.measure_recipe`). On a machine with CUDA each recipe is also measured
+on the GPU (``torch.cuda.max_memory_allocated``).
 """
 
 from __future__ import annotations
@@ -159,7 +161,8 @@ def format_table(report: dict[str, Any]) -> str:
             f"{dtypes}"
         )
         cats = ", ".join(f"{k} {_mib(v)}" for k, v in m["peak_categories"].items() if v)
-        lines.append(f"{'':<12} at peak ({m['peak_where']}): {cats}")
+        fed = f"input {res['input_dtype']}; " if "input_dtype" in res else ""
+        lines.append(f"{'':<12} {fed}at peak ({m['peak_where']}): {cats}")
         if "cuda" in res:
             gpu = res["cuda"]
             lines.append(

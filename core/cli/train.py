@@ -123,8 +123,11 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         seed=cfg.train.seed,
         augment=ds.augment,
         drop_last=len(train_set) % batch == 1,  # a 1-example batch has no batch statistics
+        raw=recipe.lowcost,  # low-cost models take the uint8 codes as they are (issue 3)
     )
-    test_loader = ImageLoader(test_set, batch_size=max(batch, 500), shuffle=False)
+    test_loader = ImageLoader(
+        test_set, batch_size=max(batch, 500), shuffle=False, raw=recipe.lowcost
+    )
     out_dir = _output_dir(cfg)
     num_batches = len(train_loader)
     if cfg.train.max_batches:

@@ -103,6 +103,10 @@ class ImageLoader:
         Horizontal flips as part of ``augment`` (False for SVHN).
     drop_last
         Skip a final partial batch (l1 batch norm divides by a fixed N, method.md §9.3).
+    raw
+        Yield the uint8 pixel codes ``k`` themselves instead of float32 ``k / 127.5 - 1``: a
+        quarter of the bytes. Models built with a low-cost recipe take them as they are (their
+        first layer keeps the codes as its saved input, issue 3); ``standard`` models scale them.
 
     Attributes
     ----------
@@ -112,7 +116,8 @@ class ImageLoader:
     Yields
     ------
     tuple of torch.Tensor
-        ``x`` float32 (B, C, H, W) in [-1, 1] and ``y`` int64 (B,).
+        ``x`` float32 (B, C, H, W) in [-1, 1] (``raw``: uint8 codes in [0, 255]) and ``y``
+        int64 (B,).
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class ImageLoader:
         augment: bool = False,
         flip: bool = True,
         drop_last: bool = False,
+        raw: bool = False,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
@@ -142,6 +148,7 @@ class ImageLoader:
         self.augment = augment
         self.flip = flip
         self.drop_last = drop_last
+        self.raw = raw
         self.num_examples = len(idx)
         self.epoch = 0  # the next iteration's epoch number
 
@@ -160,11 +167,16 @@ class ImageLoader:
             images = self.dataset.images[pick]  # (B, C, H, W) uint8
             if self.augment:
                 images = shift_flip(images, rng, flip=self.flip)
-            yield scale_to_unit(images), torch.from_numpy(self.dataset.labels[pick])
+            x = (
+                torch.from_numpy(np.ascontiguousarray(images))
+                if self.raw
+                else scale_to_unit(images)
+            )
+            yield x, torch.from_numpy(self.dataset.labels[pick])
 
     def __repr__(self) -> str:
         """Name, size and settings."""
         return (
             f"ImageLoader({self.dataset.name}, n={self.num_examples}, batch_size={self.batch_size}"
-            f", batches={len(self)}, augment={self.augment})"
+            f", batches={len(self)}, augment={self.augment}" + (", raw=True)" if self.raw else ")")
         )
