@@ -11,56 +11,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
+
+from core.atomic import atomic_write
 
 __all__ = [
     "ClientState",
     "sync_replica",
     "state_path",
     "client_identity",
-    "atomic_write_bytes",
-    "fsync_dir",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Flush a directory entry (after a rename) to disk where the OS allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write a file atomically: ``write(fileobj)`` into a temp file, fsync, rename, fsync dir."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def client_identity(node_config: dict) -> str:
@@ -105,7 +71,7 @@ class ClientState:
         for k, v in (self.residual or {}).items():
             arrays[f"residual/{k}"] = v.astype(np.float32)
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        atomic_write_bytes(Path(path), lambda fh: np.savez(fh, **arrays))
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
     @classmethod
     def load(cls, path: Path, lineage: str) -> ClientState | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from client.state import atomic_write_bytes
+from core.atomic import atomic_write
 from core.codec import ModelSpec
 from core.config import ExperimentConfig
 
@@ -73,7 +73,7 @@ class Checkpoint:
             arrays[f"delta/{k}"] = np.asarray(v)
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         path = Path(folder) / CHECKPOINT_FILE
-        atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
         return path
 
     @classmethod

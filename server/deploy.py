@@ -50,8 +50,9 @@ from client.deploy import (
     flower_executable,
     superexec_argv,
 )
+from core.atomic import atomic_write
 from core.config import ExperimentConfig, to_run_config
-from server.certs import atomic_write, generate_server_credentials
+from server.certs import generate_server_credentials
 
 __all__ = [
     "CONNECTION",

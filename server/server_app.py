@@ -22,7 +22,7 @@ from flwr.supercore import log
 
 from client import task
 from client.records import to_record, wire_bytes
-from client.state import atomic_write_bytes
+from core.atomic import atomic_write
 from core.codec import encode_float32, model_spec
 from core.config import ExperimentConfig, from_run_config, to_run_config
 from server.checkpoint import Checkpoint, fingerprint
@@ -202,4 +202,4 @@ def _fmt(value: Any) -> str:
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     text = json.dumps(payload, indent=1, default=float).encode()
-    atomic_write_bytes(path, lambda fh: fh.write(text))
+    atomic_write(path, lambda fh: fh.write(text))

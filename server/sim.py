@@ -132,7 +132,7 @@ def format_table(rounds: list[dict[str, Any]]) -> str:
 
 def write_outputs(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Path]:
     """Write ``rounds.csv`` and ``rounds.png`` (accuracy vs round and vs cumulative bytes)."""
-    from client.state import atomic_write_bytes
+    from core.atomic import atomic_write
 
     rounds = metrics["rounds"]
     keys = sorted({k for r in rounds for k in r}, key=lambda k: (k != "round", k))
@@ -142,7 +142,7 @@ def write_outputs(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Path]:
     writer.writerows(rounds)
     csv_path = run_dir / "rounds.csv"
     data = buf.getvalue().encode()
-    atomic_write_bytes(csv_path, lambda fh: fh.write(data))
+    atomic_write(csv_path, lambda fh: fh.write(data))
     png_path = run_dir / "rounds.png"
     _plot(rounds, metrics["float32_bytes"], png_path)
     return {"csv": csv_path, "png": png_path}
@@ -154,7 +154,7 @@ def _plot(rounds: list[dict[str, Any]], float32_bytes: float, path: Path) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from client.state import atomic_write_bytes
+    from core.atomic import atomic_write
 
     x = [r["round"] for r in rounds]
     acc = [r["accuracy"] for r in rounds]
@@ -179,7 +179,7 @@ def _plot(rounds: list[dict[str, Any]], float32_bytes: float, path: Path) -> Non
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    atomic_write_bytes(path, lambda fh: fh.write(buf.getvalue()))
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
 
 
 def summary(metrics: dict[str, Any]) -> str:

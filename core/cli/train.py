@@ -11,11 +11,8 @@ evaluates on its test split after every epoch, prints one line per epoch, and wr
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -25,35 +22,14 @@ from typing import Any
 
 import torch
 
+from core.atomic import atomic_write_json
 from core.config import ExperimentConfig, register_configs
 from core.memory import process_peak_rss_bytes, reset_process_peak
 
-__all__ = ["CONF_DIR", "run", "main", "write_json_atomic"]
+__all__ = ["CONF_DIR", "run", "main"]
 
 #: The repository's Hydra configs (this file is ``<repo>/core/cli/train.py``).
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write ``payload`` as JSON to ``path``: temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 def _output_dir(cfg: ExperimentConfig) -> Path:
@@ -188,7 +164,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
         "config": asdict(cfg),
     }
-    path = write_json_atomic(out_dir / "metrics.json", metrics)
+    path = atomic_write_json(out_dir / "metrics.json", metrics)
     print(
         f"final test accuracy {100 * metrics['final_test_accuracy']:.2f}% in "
         f"{metrics['wall_seconds']:.1f} s, peak RSS {metrics['peak_rss_bytes'] / 2**20:.0f} MiB "

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.atomic import fsync_dir
 from core.data.cifar import CIFAR_FILES, CIFAR_FOLDER
 from core.data.errors import DataError
 
@@ -142,17 +143,6 @@ def verify_file(path: Path, spec: RemoteFile) -> None:
         raise DataError(f"{path}: {problem}")
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every platform; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fetch_file(url: str, dest: Path, spec: RemoteFile, progress: Progress | None = None) -> bool:
     """Download ``url`` to ``dest`` unless a verified ``dest`` is already there.
 
@@ -216,7 +206,7 @@ def fetch_file(url: str, dest: Path, spec: RemoteFile, progress: Progress | None
         part.unlink(missing_ok=True)
         raise DataError(f"{dest}: {problem}; the download was deleted, rerun or check --base-url")
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     say(f"{dest.name}: verified")
     return True
 
@@ -243,7 +233,7 @@ def _extract_cifar(archive: Path, root: Path, say: Progress) -> None:
         if target.exists():
             shutil.rmtree(target)  # an incomplete earlier unpacking
         os.replace(unpacked, target)
-        _fsync_dir(root)
+        fsync_dir(root)
         say(f"{CIFAR_FOLDER}/: unpacked")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from core.cli.train import CONF_DIR, main, run, write_json_atomic
+from core.atomic import atomic_write_json
+from core.cli.train import CONF_DIR, main, run
 from core.config import ExperimentConfig, register_configs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,8 +85,8 @@ def test_run_on_real_mnist(tmp_path, mnist_root):
 
 def test_write_json_atomic_replaces(tmp_path):
     path = tmp_path / "sub" / "m.json"
-    write_json_atomic(path, {"a": 1})
-    write_json_atomic(path, {"a": 2})
+    atomic_write_json(path, {"a": 1})
+    atomic_write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in path.parent.iterdir()] == ["m.json"]
 

@@ -1,0 +1,192 @@
+"""benchmarks/: the report generator on fake results, the batch search, and one real quick run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.common import MIB, write_json
+from benchmarks.max_batch import search_max_batch
+from benchmarks.report import load_results, render
+
+REPO = Path(__file__).resolve().parents[1]
+MACHINE = {
+    "cpu": "Fake CPU 9000",
+    "usable_cpus": 2,
+    "threads": 1,
+    "torch": "2.13.0+cpu",
+    "date": "2026-01-02 03:04 UTC",
+    "git": "abc1234",
+    "load_avg_1min": 0.5,
+}
+
+
+def _speed_result():
+    recipes = {
+        "standard": (0.010, 1.0, 1.0, 1.0),
+        "lowcost": (0.025, 2.5, 2.4, 2.6),
+        "lowcost-po2": (0.030, 3.0, 2.9, 3.1),
+    }
+    return {
+        "name": "speed",
+        "quick": True,
+        "command": "python -m benchmarks.speed --quick",
+        "machine": MACHINE,
+        "seconds": 12.0,
+        "config": {},
+        "models": [
+            {
+                "model": "mlp",
+                "batch": 100,
+                "rounds": 7,
+                "recipes": {
+                    name: {
+                        "step_seconds": s,
+                        "samples_per_second": 100 / s,
+                        "ratio_to_standard": r,
+                        "ratio_q1": q1,
+                        "ratio_q3": q3,
+                    }
+                    for name, (s, r, q1, q3) in recipes.items()
+                },
+            }
+        ],
+    }
+
+
+class TestReport:
+    def test_renders_numbers_provenance_and_states(self, tmp_path):
+        write_json(tmp_path / "speed.json", _speed_result())
+        write_json(
+            tmp_path / "federation.json",
+            {
+                "name": "federation",
+                "machine": MACHINE,
+                "seconds": 1.0,
+                "skipped": "MNIST not found at /nowhere",
+            },
+        )
+        write_json(
+            tmp_path / "server_cost.json",
+            {
+                "name": "server_cost",
+                "machine": MACHINE,
+                "seconds": 1.0,
+                "error": "RuntimeError: boom",
+            },
+        )
+        (tmp_path / "notes.json").write_text(json.dumps({"unrelated": 1}))  # ignored: no name
+        results = load_results(tmp_path)
+        assert set(results) == {"speed", "federation", "server_cost"}
+        text = render(results, tmp_path, tmp_path)
+        # every figure from the JSON, with its machine line
+        assert "| mlp | 100 | lowcost | 25.0 | 4,000 | 2.50× (2.40–2.60) | 7 |" in text
+        assert "Fake CPU 9000 (2 CPUs), 1 torch thread(s), torch 2.13.0+cpu" in text
+        assert "2026-01-02 03:04 UTC" in text and "quick run" in text
+        assert "mlp 2.50×" in text and "slower than" in text  # the summary, derived
+        # skipped, failed and missing benchmarks say so
+        assert "**Skipped:** MNIST not found at /nowhere" in text
+        assert "**Failed in this run:** `RuntimeError: boom`" in text
+        assert "Not run yet: `python -m benchmarks.memory`" in text
+        assert "![speed]" not in text  # no PNG was written, so no broken image link
+
+    def test_broken_json_names_the_file(self, tmp_path):
+        (tmp_path / "speed.json").write_text("{not json")
+        with pytest.raises(ValueError, match="speed.json"):
+            load_results(tmp_path)
+
+
+class TestMaxBatchSearch:
+    @staticmethod
+    def _probe(state, per_sample, seconds_per_sample=0.0):
+        calls = []
+
+        def probe(batch):
+            calls.append(batch)
+            return {"peak": state + per_sample * batch, "seconds": seconds_per_sample * batch}
+
+        return probe, calls
+
+    def test_brackets_the_exact_answer_of_a_linear_peak(self):
+        probe, calls = self._probe(10 * MIB, 20_000)
+        points = {8: probe(8), 32: probe(32)}
+        found = search_max_batch(probe, 64 * MIB, points, tolerance=0.03, max_probe_seconds=1e9)
+        exact = (64 * MIB - 10 * MIB) // 20_000  # largest B with state + B * per <= budget
+        assert found["status"] == "bracketed"
+        assert exact * 0.97 <= found["batch"] <= exact < found["upper"]
+        assert found["upper"] - found["batch"] <= max(1, int(0.03 * found["batch"]))
+        assert points[found["batch"]]["peak"] <= 64 * MIB < points[found["upper"]]["peak"]
+        assert len(calls) <= 2 + 4  # the secant converges in a few probes
+
+    def test_state_larger_than_budget_fits_nothing(self):
+        probe, _ = self._probe(100 * MIB, 1_000)
+        points = {8: probe(8), 32: probe(32)}
+        found = search_max_batch(probe, 64 * MIB, points, tolerance=0.03, max_probe_seconds=1e9)
+        assert found["status"] == "none" and found["batch"] == 0 and 1 in points
+
+    def test_slow_probe_is_extrapolated_not_run(self):
+        probe, calls = self._probe(0, 1_000, seconds_per_sample=1.0)
+        points = {8: probe(8), 32: probe(32)}
+        found = search_max_batch(probe, 64 * MIB, points, tolerance=0.03, max_probe_seconds=100)
+        assert found["status"] == "extrapolated" and found["batch"] == 32
+        assert abs(found["estimate"] - 64 * MIB / 1_000) <= 1
+        assert calls == [8, 32]
+
+
+def _run(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env |= {
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_HOME": str(tmp_path / "flwr"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", *args, "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_server_cost_quick_run_measures_the_strategy(tmp_path):
+    done = _run(["benchmarks.server_cost", "--quick", "--models", "mlp", "--ks", "10"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads((tmp_path / "server_cost.json").read_text())
+    assert res["machine"]["threads"] == 1 and res["machine"]["torch"]
+    rows = {r["rule"]: r for r in res["rows"]}
+    assert set(rows) == {"mean", "majority", "fedavg"}
+    for row in rows.values():
+        assert row["seconds"] > 0 and row["peak_bytes"] > 0
+    # a float32 reply is ~30x a 1-bit one (32 bits vs 1 bit + scales + float16 BN state)
+    assert 20 < rows["fedavg"]["input_bytes"] / rows["mean"]["input_bytes"] < 33
+    assert (tmp_path / "server_cost.png").stat().st_size > 10_000
+
+
+def test_federation_without_mnist_is_skipped_with_reason(tmp_path):
+    done = _run(
+        ["benchmarks.federation", "--quick", "--mnist-root", str(tmp_path / "no")], tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads((tmp_path / "federation.json").read_text())
+    assert "MNIST not found" in res["skipped"] and "--mnist-root" in res["skipped"]
+    assert not (tmp_path / "federation.png").exists()
+
+
+def test_committed_results_render_every_section():
+    from benchmarks.common import RESULTS_DIR
+    from benchmarks.report import title_of
+
+    results = load_results(RESULTS_DIR) if RESULTS_DIR.is_dir() else {}
+    if not results:
+        pytest.skip("no results in benchmarks/results yet (run make bench)")
+    text = render(results, RESULTS_DIR, REPO)
+    for name in results:
+        assert f"## {title_of(name)}" in text
+    assert text.count("*Run:*") == len(results)  # each section names its machine and date
