@@ -125,7 +125,7 @@ class TestMaxBatchSearch:
         probe, _ = self._probe(100 * MIB, 1_000)
         points = {8: probe(8), 32: probe(32)}
         found = search_max_batch(probe, 64 * MIB, points, tolerance=0.03, max_probe_seconds=1e9)
-        assert found["status"] == "none" and found["batch"] == 0 and 1 in points
+        assert found["status"] == "none" and found["batch"] == 0 and 2 in points
 
     def test_slow_probe_is_extrapolated_not_run(self):
         probe, calls = self._probe(0, 1_000, seconds_per_sample=1.0)

@@ -1,0 +1,301 @@
+"""Federation on MNIST: accuracy vs round and vs bytes, 1-bit rules vs float32 FedAvg.
+
+Runs ``bitfed-sim``'s :func:`server.sim.run` (Flower's simulation engine, one CPU per virtual
+client) once per variant and partition, each in a fresh subprocess:
+
+* ``lowcost + mean``: low-memory training, 1-bit updates both ways, example-weighted mean of
+  scale·sign (EF-signSGD);
+* ``lowcost + majority``: the same with the signSGD majority vote;
+* ``float32 fedavg``: stock float32 BNN training (recipe ``standard``) and Flower's float32
+  FedAvg (the baseline a user would otherwise deploy);
+
+on an IID split and on a Dirichlet(0.5) label-skewed split of the real MNIST training set,
+evaluating the global model on the MNIST test set after every round. Bytes are what bitfed's
+strategy measured on the wire (Flower's serialized ``ArrayRecord`` s): uplink per reply plus
+downlink per sampled client, summed over rounds. The dataset comes from ``--mnist-root``
+(default ``../shared/data/mnist`` beside the repository); without it the benchmark is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    MIB,
+    REPO_ROOT,
+    RESULTS_DIR,
+    SkipBenchmark,
+    benchmark_parser,
+    flower_env,
+    run_benchmark,
+    save_figure,
+    write_json,
+)
+
+__all__ = ["NAME", "VARIANTS", "PARTITIONS", "build_parser", "measure", "plot", "main"]
+
+NAME = "federation"
+#: label -> (recipe, strategy)
+VARIANTS = {
+    "lowcost + mean": ("lowcost", "mean"),
+    "lowcost + majority": ("lowcost", "majority"),
+    "float32 fedavg": ("standard", "fedavg"),
+}
+#: label -> (partition kind, Dirichlet alpha)
+PARTITIONS = {"IID": ("iid", 0.5), "Dirichlet(0.5)": ("dirichlet", 0.5)}
+DEFAULT_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
+WORK_DIR = RESULTS_DIR / "tmp" / "federation"  # git-ignored run folders
+
+
+def _check_mnist(root: Path) -> None:
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte")
+    missing = [n for n in names if not any(root.glob(f"{n}*"))]
+    if not root.is_dir() or missing:
+        raise SkipBenchmark(
+            f"MNIST not found at {root} (missing {', '.join(missing) or 'the folder'}); "
+            "pass --mnist-root DIR holding the IDX files (bitfed-data can download them)"
+        )
+
+
+def experiment(args: argparse.Namespace, variant: str, partition: str, run_dir: Path):
+    """The :class:`core.config.ExperimentConfig` of one run."""
+    from core.config import (
+        DatasetConfig,
+        ExperimentConfig,
+        FederationConfig,
+        ModelConfig,
+        PartitionConfig,
+        RecipeConfig,
+        StrategyConfig,
+        TrainConfig,
+    )
+
+    recipe, rule = VARIANTS[variant]
+    kind, alpha = PARTITIONS[partition]
+    return ExperimentConfig(
+        model=ModelConfig(name="mlp"),  # the paper's MNIST model
+        recipe=RecipeConfig(name=recipe),
+        dataset=DatasetConfig(name="mnist", root=str(args.mnist_root)),
+        partition=PartitionConfig(kind=kind, alpha=alpha, seed=0),
+        train=TrainConfig(epochs=1, batch_size=100, max_batches=args.max_batches, num_threads=1),
+        strategy=StrategyConfig(name=rule, error_feedback=rule != "fedavg"),
+        federation=FederationConfig(
+            num_clients=args.clients,
+            clients_per_round=args.clients,
+            num_rounds=args.rounds,
+            min_clients=min(2, args.clients),
+            resume=False,
+        ),
+        seed=0,
+        output_dir=str(run_dir),
+    )
+
+
+def run_one(args: argparse.Namespace, variant: str, partition: str) -> dict[str, Any]:
+    """Run one federation in a fresh process; return its per-round table and totals."""
+    from core.config import to_run_config
+
+    slug = f"{PARTITIONS[partition][0]}-{VARIANTS[variant][1]}"
+    run_dir = WORK_DIR / slug
+    shutil.rmtree(run_dir, ignore_errors=True)  # our own scratch folder, from a previous run
+    run_dir.mkdir(parents=True)
+    cfg = experiment(args, variant, partition, run_dir)
+    cfg_path = run_dir / "run_config.json"
+    write_json(cfg_path, to_run_config(cfg))
+    env = {**os.environ, **flower_env(run_dir / ".flwr")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    t0 = time.perf_counter()
+    with open(run_dir / "sim.log", "w") as log:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.federation", "--worker", str(cfg_path)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=args.timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"{variant} / {partition} took over {args.timeout:.0f} s") from None
+    wall = time.perf_counter() - t0
+    metrics_path = run_dir / "metrics.json"
+    if done.returncode != 0 or not metrics_path.exists():
+        tail = (run_dir / "sim.log").read_text().strip().splitlines()[-3:]
+        raise RuntimeError(
+            f"{variant} / {partition} failed ({done.returncode}): {' | '.join(tail)}"
+        )
+    metrics = json.loads(metrics_path.read_text())
+    return summarize(metrics, variant, partition, wall)
+
+
+def summarize(metrics: dict[str, Any], variant: str, partition: str, wall: float) -> dict[str, Any]:
+    """Per round: accuracy, loss, bytes (cumulative over all clients, both directions)."""
+    rounds, total_up, total_down = [], 0.0, 0.0
+    for r in metrics["rounds"]:
+        total_up += r.get("uplink_bytes", 0.0) * r.get("valid", 0)
+        total_down += r.get("downlink_bytes", 0.0) * r.get("sampled", 0)
+        rounds.append(
+            {
+                "round": r["round"],
+                "accuracy": r["accuracy"],
+                "loss": r["loss"],
+                "uplink_bytes": r.get("uplink_bytes"),
+                "downlink_bytes": r.get("downlink_bytes"),
+                "clients": r.get("valid"),
+                "client_peak_memory": r.get("peak_memory"),
+                "client_train_seconds": r.get("train_time"),
+                "cumulative_bytes": total_up + total_down,
+            }
+        )
+    done = [r for r in rounds if r["round"] > 0]
+    return {
+        "variant": variant,
+        "partition": partition,
+        "recipe": metrics["config"]["recipe.name"],
+        "strategy": metrics["config"]["strategy.name"],
+        "float32_bytes": metrics["float32_bytes"],
+        "num_weights": metrics["num_weights"],
+        "final_accuracy": rounds[-1]["accuracy"],
+        "best_accuracy": max(r["accuracy"] for r in rounds),
+        "total_bytes": total_up + total_down,
+        "uplink_bytes_per_client_round": _mean(r["uplink_bytes"] for r in done),
+        "downlink_bytes_per_client_round_after_first": _mean(r["downlink_bytes"] for r in done[1:]),
+        "client_peak_memory": max((r["client_peak_memory"] or 0) for r in done) if done else None,
+        "server_seconds": metrics.get("seconds"),
+        "wall_seconds": wall,
+        "rounds": rounds,
+    }
+
+
+def _mean(values: Any) -> float | None:
+    vals = [v for v in values if v]
+    return sum(vals) / len(vals) if vals else None
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every variant x partition; runs sequentially (each one uses every CPU)."""
+    args.mnist_root = Path(args.mnist_root).resolve()
+    _check_mnist(args.mnist_root)
+    if args.quick:
+        args.rounds, args.clients = args.rounds or 2, args.clients or 4
+        args.max_batches = args.max_batches if args.max_batches is not None else 3
+        partitions = ["IID"]
+    else:
+        args.rounds, args.clients = args.rounds or 10, args.clients or 10
+        args.max_batches = args.max_batches if args.max_batches is not None else 20
+        partitions = list(PARTITIONS)
+    runs = []
+    for partition in partitions:
+        for variant in VARIANTS:
+            res = run_one(args, variant, partition)
+            runs.append(res)
+            print(
+                f"{partition:>15} {variant:<20} final acc {res['final_accuracy']:.4f}, "
+                f"{res['total_bytes'] / MIB:.1f} MiB in total, {res['wall_seconds']:.0f} s",
+                flush=True,
+            )
+    return {
+        "config": {
+            "dataset": "mnist",
+            "model": "mlp",
+            "clients": args.clients,
+            "clients_per_round": args.clients,
+            "rounds": args.rounds,
+            "local_epochs": 1,
+            "batch_size": 100,
+            "max_batches": args.max_batches,
+            "partitions": partitions,
+            "variants": {k: list(v) for k, v in VARIANTS.items()},
+            "client_threads": 1,
+        },
+        "runs": runs,
+    }
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Accuracy vs round and vs cumulative MiB, one row per partition."""
+    import matplotlib.pyplot as plt
+
+    partitions = list(dict.fromkeys(r["partition"] for r in result["runs"]))
+    fig, axes = plt.subplots(len(partitions), 2, figsize=(11, 4 * len(partitions)), squeeze=False)
+    for row, partition in zip(axes, partitions):
+        for i, run in enumerate(r for r in result["runs"] if r["partition"] == partition):
+            rounds = run["rounds"]
+            acc = [r["accuracy"] for r in rounds]
+            kw = dict(marker="o", ms=3, color=f"C{i}", label=run["variant"])
+            row[0].plot([r["round"] for r in rounds], acc, **kw)
+            mib = [max(r["cumulative_bytes"], 1.0) / MIB for r in rounds]
+            row[1].plot(mib[1:], acc[1:], **kw)
+        row[0].set(xlabel="round", ylabel="global test accuracy", title=f"{partition}: vs round")
+        row[1].set(
+            xscale="log",
+            xlabel="cumulative MiB sent, all clients, up + down",
+            ylabel="global test accuracy",
+            title=f"{partition}: vs bytes",
+        )
+        for ax in row:
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+    cfg = result["config"]
+    fig.suptitle(
+        f"MNIST MLP, {cfg['clients']} clients, {cfg['rounds']} rounds, "
+        f"{cfg['max_batches'] or 'all'} local batches of 100 per round",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
+    save_figure(fig, path, result["machine"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments: the common ones plus dataset root, rounds, clients and local batches."""
+    parser = benchmark_parser(NAME, __doc__.splitlines()[0])
+    parser.add_argument(
+        "--mnist-root",
+        default=str(DEFAULT_MNIST),
+        help=f"folder with the MNIST IDX files (default {DEFAULT_MNIST})",
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (10; quick 2)")
+    parser.add_argument(
+        "--clients", type=int, default=None, help="clients, all sampled (10; quick 4)"
+    )
+    parser.add_argument(
+        "--max-batches",
+        type=int,
+        default=None,
+        help="local batches per round, 0 = one epoch (20; quick 3)",
+    )
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per run")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _worker(cfg_path: str) -> int:
+    """Child process: rebuild the config from its flat run config and call bitfed-sim's run."""
+    from core.config import from_run_config
+    from server.sim import run
+
+    run(from_run_config(json.loads(Path(cfg_path).read_text())))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.federation [--quick] [--mnist-root DIR]``."""
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        return _worker(args.worker)
+    for name in ("rounds", "clients"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            build_parser().error(f"--{name} must be >= 1")
+    return run_benchmark(NAME, measure, plot, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
