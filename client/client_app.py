@@ -31,6 +31,7 @@ from core.codec import (
     model_spec,
 )
 from core.config import ExperimentConfig, from_run_config
+from core.memory import process_peak_rss_bytes, reset_process_peak
 
 __all__ = ["app"]
 
@@ -42,7 +43,7 @@ def train(msg: Message, context: Context) -> Message:
     """One federated round on this device: sync replica -> local training -> 1-bit update."""
     cfg = from_run_config(context.run_config)
     task.set_threads(cfg)
-    _reset_peak()
+    reset_process_peak()  # so PEAK_MEMORY is this round's peak, not the process's
     conf = msg.content[CONFIG]
     payload, version = str(conf[codec.PAYLOAD]), int(conf[codec.VERSION])
     data = task.local_data(cfg, context.node_config)
@@ -82,7 +83,7 @@ def train(msg: Message, context: Context) -> Message:
         codec.ACCURACY: float(result.accuracy),
         codec.BYTES_SENT: wire_bytes(out_arrays),
         codec.BYTES_RECEIVED: wire_bytes(received) if received is not None else 0,
-        codec.PEAK_MEMORY: _peak_memory(),
+        codec.PEAK_MEMORY: process_peak_rss_bytes(),
         codec.TRAIN_TIME: float(train_time),
         codec.MODEL_VERSION: version,
     }
@@ -117,23 +118,3 @@ def _need_full(msg: Message, path, lineage: str) -> Message:
 
 def _identity(context: Context) -> str:
     return client_identity(dict(context.node_config))
-
-
-def _reset_peak() -> bool:
-    """Restart the process's peak-RSS mark (Linux); ``False`` where the kernel does not allow it."""
-    try:
-        from core.memory import reset_process_peak
-    except ImportError:
-        return False
-    return reset_process_peak()
-
-
-def _peak_memory() -> int:
-    """Peak resident memory of this process this round (since process start if not reset)."""
-    try:
-        from core.memory import process_peak_rss_bytes
-    except ImportError:
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    return int(process_peak_rss_bytes())
