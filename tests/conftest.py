@@ -1,5 +1,6 @@
 """Suite-wide hygiene: Flower never phones home, never installs at run time, never shares state."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -23,3 +24,40 @@ def mnist_root() -> Path:
     if not (MNIST_ROOT / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST not found at {MNIST_ROOT}")
     return MNIST_ROOT
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread (helpers and CI share 2 cores), then restore the count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def flower_task_identity(monkeypatch):
+    """Give Flower's message constructors a run/task/node identity outside a running app."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    for attr in ("_task_id", "_node_id"):
+        if hasattr(TaskIdentity, attr):
+            monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+@pytest.fixture
+def flwr_log():
+    """Messages Flower's logger emits during the test."""
+    records = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Grab()
+    logging.getLogger("flwr").addHandler(handler)
+    yield records
+    logging.getLogger("flwr").removeHandler(handler)

@@ -40,14 +40,7 @@ class FakeGrid:
         return list(NODES)
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    for attr in ("_task_id", "_node_id"):
-        if hasattr(TaskIdentity, attr):
-            monkeypatch.setattr(TaskIdentity, attr, 1)
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 @pytest.fixture

@@ -16,12 +16,7 @@ def blobs(n=400, batch=50, seed=0):
     return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("recipe", ["standard", "lowcost", "lowcost-po2"])

@@ -6,7 +6,6 @@ handler; chosen nodes crash, hang past the round timeout, send malformed payload
 their example count or send sign-flipped updates.
 """
 
-import logging
 import threading
 
 import numpy as np
@@ -36,20 +35,6 @@ def _task_identity(monkeypatch):
 
     for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
         monkeypatch.setattr(TaskIdentity, attr, value, raising=False)
-
-
-@pytest.fixture
-def flwr_log():
-    records = []
-
-    class Grab(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Grab()
-    logging.getLogger("flwr").addHandler(handler)
-    yield records
-    logging.getLogger("flwr").removeHandler(handler)
 
 
 @pytest.fixture

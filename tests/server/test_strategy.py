@@ -1,6 +1,5 @@
 """BitFedStrategy: three literal replies, one hand-computed expected array (FedMedian-style)."""
 
-import logging
 import time
 
 import numpy as np
@@ -26,14 +25,7 @@ LITERAL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch):
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    for attr in ("_task_id", "_node_id"):
-        if hasattr(TaskIdentity, attr):
-            monkeypatch.setattr(TaskIdentity, attr, 1)
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 class FakeGrid:
@@ -127,20 +119,6 @@ def test_fedavg_rule_is_weighted_float32_mean():
         replies.append(make_reply(node, codec.encode_float32(state, SPEC), metrics, raw=False))
     arrays, _ = s.aggregate_train(1, replies)
     np.testing.assert_allclose(record_to_state(arrays)["w"], np.full(4, 2.5), rtol=1e-6)
-
-
-@pytest.fixture
-def flwr_log():
-    records = []
-
-    class Grab(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Grab()
-    logging.getLogger("flwr").addHandler(handler)
-    yield records
-    logging.getLogger("flwr").removeHandler(handler)
 
 
 def test_malformed_reply_is_rejected_and_rest_aggregated(flwr_log):
