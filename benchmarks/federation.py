@@ -40,7 +40,16 @@ from benchmarks.common import (
     write_json,
 )
 
-__all__ = ["NAME", "VARIANTS", "PARTITIONS", "build_parser", "measure", "plot", "main"]
+__all__ = [
+    "NAME",
+    "VARIANTS",
+    "VARIANT_KEYS",
+    "PARTITIONS",
+    "build_parser",
+    "measure",
+    "plot",
+    "main",
+]
 
 NAME = "federation"
 #: label -> (recipe, strategy)
@@ -48,6 +57,12 @@ VARIANTS = {
     "lowcost + mean": ("lowcost", "mean"),
     "lowcost + majority": ("lowcost", "majority"),
     "float32 fedavg": ("standard", "fedavg"),
+}
+#: --variants keys -> labels
+VARIANT_KEYS = {
+    "mean": "lowcost + mean",
+    "majority": "lowcost + majority",
+    "fedavg": "float32 fedavg",
 }
 #: label -> (partition kind, Dirichlet alpha)
 PARTITIONS = {"IID": ("iid", 0.5), "Dirichlet(0.5)": ("dirichlet", 0.5)}
@@ -104,7 +119,7 @@ def run_one(args: argparse.Namespace, variant: str, partition: str) -> dict[str,
     from core.config import to_run_config
 
     slug = f"{PARTITIONS[partition][0]}-{VARIANTS[variant][1]}"
-    run_dir = WORK_DIR / slug
+    run_dir = WORK_DIR / args.name / slug
     shutil.rmtree(run_dir, ignore_errors=True)  # our own scratch folder, from a previous run
     run_dir.mkdir(parents=True)
     cfg = experiment(args, variant, partition, run_dir)
@@ -146,6 +161,8 @@ def summarize(metrics: dict[str, Any], variant: str, partition: str, wall: float
             {
                 "round": r["round"],
                 "accuracy": r["accuracy"],
+                # the 1-bit rules' broadcast model (what clients hold); fedavg has only one
+                "broadcast_accuracy": r.get("replica_accuracy", r["accuracy"]),
                 "loss": r["loss"],
                 "uplink_bytes": r.get("uplink_bytes"),
                 "downlink_bytes": r.get("downlink_bytes"),
@@ -164,7 +181,10 @@ def summarize(metrics: dict[str, Any], variant: str, partition: str, wall: float
         "float32_bytes": metrics["float32_bytes"],
         "num_weights": metrics["num_weights"],
         "final_accuracy": rounds[-1]["accuracy"],
+        "final_broadcast_accuracy": rounds[-1]["broadcast_accuracy"],
+        "last3_accuracy": sum(r["accuracy"] for r in rounds[-3:]) / len(rounds[-3:]),
         "best_accuracy": max(r["accuracy"] for r in rounds),
+        "lr_schedule": metrics["config"].get("federation.lr_schedule", "constant"),
         "total_bytes": total_up + total_down,
         "uplink_bytes_per_client_round": _mean(r["uplink_bytes"] for r in done),
         "downlink_bytes_per_client_round_after_first": _mean(r["downlink_bytes"] for r in done[1:]),
@@ -192,9 +212,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         args.rounds, args.clients = args.rounds or 10, args.clients or 10
         args.max_batches = args.max_batches if args.max_batches is not None else 20
         partitions = list(PARTITIONS)
+    variants = [VARIANT_KEYS[k] for k in args.variants]
     runs = []
     for partition in partitions:
-        for variant in VARIANTS:
+        for variant in variants:
             res = run_one(args, variant, partition)
             runs.append(res)
             print(
@@ -213,7 +234,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": 100,
             "max_batches": args.max_batches,
             "partitions": partitions,
-            "variants": {k: list(v) for k, v in VARIANTS.items()},
+            "variants": {k: list(VARIANTS[k]) for k in variants},
+            "lr_schedule": runs[0]["lr_schedule"] if runs else None,
             "client_threads": 1,
         },
         "runs": runs,
@@ -272,9 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="local batches per round, 0 = one epoch (20; quick 3)",
     )
+    parser.add_argument(
+        "--variants",
+        type=_variant_keys,
+        default=list(VARIANT_KEYS),
+        help=f"comma-separated, of {', '.join(VARIANT_KEYS)} (default all)",
+    )
+    parser.add_argument(
+        "--name", default=NAME, help=f"result name: <out>/<name>.json and .png (default {NAME})"
+    )
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per run")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _variant_keys(text: str) -> list[str]:
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in keys if k not in VARIANT_KEYS]
+    if bad or not keys:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant(s) {bad or text!r}; choose from {', '.join(VARIANT_KEYS)}"
+        )
+    return keys
 
 
 def _worker(cfg_path: str) -> int:
@@ -294,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("rounds", "clients"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             build_parser().error(f"--{name} must be >= 1")
-    return run_benchmark(NAME, measure, plot, args)
+    return run_benchmark(args.name, measure, plot, args)
 
 
 if __name__ == "__main__":

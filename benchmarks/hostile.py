@@ -158,6 +158,7 @@ def experiment(args: argparse.Namespace, variant: str, run_dir: Path, seed: int)
             round_timeout=600.0,
             node_wait_timeout=5.0,
             resume=False,
+            lr_schedule="constant",  # as when the published figures were measured
         ),
         seed=seed,
         output_dir=str(run_dir),

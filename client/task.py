@@ -107,7 +107,8 @@ def fit_local(model: torch.nn.Module, data: LocalData, cfg: ExperimentConfig, se
     """Train ``model`` on the client's train part for ``train.epochs`` epochs (core.fit).
 
     Batch order and torch's random stream (stochastic rounding) are seeded from
-    ``(train.seed, round, first example index)``, so clients draw independent noise.
+    ``(train.seed, round, first example index)``, so clients draw independent noise. The
+    learning rate follows ``federation.lr_schedule`` over the rounds (``round_lr``).
     """
     from core import build_optimizer, fit, from_recipe
     from core.data import ImageLoader
@@ -127,7 +128,8 @@ def fit_local(model: torch.nn.Module, data: LocalData, cfg: ExperimentConfig, se
         drop_last=n > bs and n % bs == 1,  # a 1-example batch has no l1-BN deviation
         raw=from_recipe(cfg.recipe.name).lowcost,  # low-cost models take uint8 codes as they are
     )
-    optimizer = build_optimizer(model, cfg.recipe.name, cfg.recipe.lr)
+    lr = cfg.federation.round_lr(cfg.recipe.lr, server_round)
+    optimizer = build_optimizer(model, cfg.recipe.name, lr)
     return fit(model, optimizer, loader, epochs=cfg.train.epochs, max_batches=cfg.train.max_batches)
 
 

@@ -11,6 +11,7 @@ same tree through :func:`to_run_config` / :func:`from_run_config`; a test keeps 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ RECIPES = ("standard", "lowcost", "lowcost-po2")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "svhn")
 PARTITIONS = ("iid", "dirichlet", "shards")
 STRATEGIES = ("mean", "majority", "fedavg")
+LR_SCHEDULES = ("constant", "cosine")
 
 Scalar = int | float | bool | str
 
@@ -154,8 +156,13 @@ class FederationConfig:
     state_dir: str = ""  # client-side persistent state ("" = under the run folder)
     checkpoint_dir: str = ""  # server-side checkpoints ("" = under the run folder)
     resume: bool = True  # continue from the last checkpoint when one exists
+    lr_schedule: str = "cosine"  # client lr over rounds: cosine | constant (see round_lr)
+    lr_final: float = 0.1  # cosine: the last round's lr as a fraction of recipe.lr
 
     def __post_init__(self) -> None:
+        _check_choice("federation.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not 0.0 < self.lr_final <= 1.0:
+            raise ValueError(f"federation.lr_final must be in (0, 1], got {self.lr_final}")
         _check_positive("federation.num_clients", self.num_clients)
         _check_positive("federation.clients_per_round", self.clients_per_round)
         _check_positive("federation.num_rounds", self.num_rounds)
@@ -170,6 +177,19 @@ class FederationConfig:
                 f"federation.min_clients ({self.min_clients}) exceeds "
                 f"federation.clients_per_round ({self.clients_per_round})"
             )
+
+    def round_lr(self, base_lr: float, run_round: int) -> float:
+        """Return the clients' learning rate in round ``run_round`` (1-based) of ``num_rounds``.
+
+        ``constant``: ``base_lr``. ``cosine`` (Loshchilov & Hutter, arXiv 1608.03983, per round):
+        ``lr_r = base_lr * (f + (1 - f) * (1 + cos(pi * (r - 1) / (R - 1))) / 2)`` with
+        ``f = lr_final``: ``base_lr`` in round 1, ``f * base_lr`` in round ``R`` and after.
+        """
+        if self.lr_schedule == "constant" or self.num_rounds == 1:
+            return base_lr
+        t = min(max(run_round - 1, 0) / (self.num_rounds - 1), 1.0)
+        f = self.lr_final
+        return base_lr * (f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 @dataclass

@@ -179,6 +179,19 @@ def test_federation_without_mnist_is_skipped_with_reason(tmp_path):
     assert not (tmp_path / "federation.png").exists()
 
 
+def test_federation30_is_federation_with_its_own_name(tmp_path):
+    done = _run(["benchmarks.federation30", "--mnist-root", str(tmp_path / "no")], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads((tmp_path / "federation30.json").read_text())
+    assert res["name"] == "federation30" and "MNIST not found" in res["skipped"]
+    assert not (tmp_path / "federation.json").exists()
+
+
+def test_federation_rejects_unknown_variants(tmp_path):
+    done = _run(["benchmarks.federation", "--variants", "mean,fedprox"], tmp_path)
+    assert done.returncode == 2 and "unknown variant(s) ['fedprox']" in done.stderr
+
+
 def test_committed_results_render_every_section():
     from benchmarks.common import RESULTS_DIR
     from benchmarks.report import title_of

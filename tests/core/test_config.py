@@ -2,7 +2,13 @@ import pytest
 from hydra import compose, initialize
 from omegaconf import OmegaConf
 
-from core.config import ExperimentConfig, from_run_config, register_configs, to_run_config
+from core.config import (
+    ExperimentConfig,
+    FederationConfig,
+    from_run_config,
+    register_configs,
+    to_run_config,
+)
 
 
 def _compose(overrides: list[str]) -> ExperimentConfig:
@@ -34,6 +40,8 @@ def test_experiment_is_a_diff() -> None:
         ("recipe.lr=-1", "recipe.lr must be > 0"),
         ("partition.alpha=0", "partition.alpha must be > 0"),
         ("federation.clients_per_round=50", "exceeds federation.num_clients"),
+        ("federation.lr_schedule=step", "unknown federation.lr_schedule 'step'"),
+        ("federation.lr_final=0", "federation.lr_final must be in"),
     ],
 )
 def test_bad_values_get_one_line_errors(override: str, message: str) -> None:
@@ -54,3 +62,12 @@ def test_run_config_partial_and_strings() -> None:
 def test_run_config_unknown_key() -> None:
     with pytest.raises(ValueError, match="unknown run-config keys"):
         from_run_config({"federation.rounds": 3})
+
+
+def test_round_lr_cosine_runs_from_lr_to_the_final_fraction() -> None:
+    fed = FederationConfig(num_rounds=5, lr_schedule="cosine", lr_final=0.1)
+    lrs = [fed.round_lr(1e-3, r) for r in range(1, 7)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[2] == pytest.approx(0.55e-3)
+    assert lrs[4] == pytest.approx(1e-4) and lrs[5] == pytest.approx(1e-4)  # stays after R
+    assert all(a > b for a, b in zip(lrs[:4], lrs[1:5]))
+    assert FederationConfig(num_rounds=5, lr_schedule="constant").round_lr(1e-3, 4) == 1e-3
