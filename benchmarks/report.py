@@ -674,10 +674,12 @@ def render(results: dict[str, dict[str, Any]], results_dir: Path, doc_dir: Path)
         "Every figure below was produced by a run of the scripts in `benchmarks/` on the "
         "machine named in its section"
         + (f" ({dates[0]} – {dates[-1]})" if len(dates) > 1 else f" ({dates[0]})" if dates else "")
-        + "; this file is regenerated from their JSON output by `python -m benchmarks.report`. "
-        f"These runs took {total / 60:.0f} minutes together. Reproduce with `make bench` "
+        + "; this file is regenerated from their JSON output by `python -m benchmarks.report`."
+        + _run_log(results_dir, total)
+        + " Reproduce with `make bench` "
         "(`python -m benchmarks.run_all`; `--quick` or `make bench-quick` for reduced settings "
-        "in a few minutes).",
+        "in a few minutes); sections 4b and 6 run only on request "
+        "(`make bench ARGS='--only federation30,hostile'`).",
         "",
         "## At a glance",
         "",
@@ -717,6 +719,24 @@ def render(results: dict[str, dict[str, Any]], results_dir: Path, doc_dir: Path)
             ]
         doc += _image(name, results_dir, doc_dir)
     return "\n".join(doc).rstrip() + "\n"
+
+
+def _run_log(results_dir: Path, total: float) -> str:
+    """One sentence on how long the last ``run_all`` took (``run_all.json``), else the sum."""
+    path = Path(results_dir) / "run_all.json"
+    log = read_json(path) if path.exists() else None
+    if not isinstance(log, dict) or "benchmarks" not in log:
+        return f" These runs took {total / 60:.0f} minutes together."
+    parts = ", ".join(
+        f"{name} {t['seconds'] / 60:.1f}" + ("" if t.get("exit") == 0 else " (failed)")
+        for name, t in log["benchmarks"].items()
+    )
+    return (
+        f" The last `python -m benchmarks.run_all`{' --quick' if log.get('quick') else ''} "
+        f"({log['threads']} torch thread(s)) ran {len(log['benchmarks'])} benchmark(s) in one go "
+        f"in {log['seconds'] / 60:.1f} minutes ({log['started']} – {log['finished']}; minutes "
+        f"each: {parts}); all result files together took {total / 60:.0f} minutes."
+    )
 
 
 def write_report(results_dir: Path = RESULTS_DIR, out: Path = REPO_ROOT / "BENCHMARKS.md") -> Path:

@@ -11,16 +11,17 @@ records its error in its JSON, the others still run, and the exit status is 1. B
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, write_json
 from benchmarks.report import write_report
 
-__all__ = ["BENCHMARKS", "DEFAULT", "ON_REQUEST", "main"]
+__all__ = ["BENCHMARKS", "DEFAULT", "ON_REQUEST", "RUN_LOG", "main"]
 
 #: Run order: cheap and self-contained first, the federation (Ray, dataset) near the end.
 BENCHMARKS = (
@@ -38,6 +39,14 @@ BENCHMARKS = (
 #: federations). Their JSON, when present, is reported either way.
 ON_REQUEST = ("federation30", "hostile")
 DEFAULT = tuple(b for b in BENCHMARKS if b not in ON_REQUEST)
+
+
+#: Written by every run (not by ``--report-only``): when it ran, how long each benchmark took.
+RUN_LOG = "run_all.json"
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _names(text: str) -> list[str]:
@@ -66,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be >= 1, got {args.threads}")
 
     failed = []
+    timings: dict[str, dict[str, float | int]] = {}
     if not args.report_only:
+        started, t_all = _utc_now(), time.perf_counter()
         env = {**os.environ}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         for name in [n for n in args.only if n not in args.skip]:
@@ -86,9 +97,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
             t0 = time.perf_counter()
             status = subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode
-            print(f"== {name}: exit {status} after {time.perf_counter() - t0:.0f} s", flush=True)
+            seconds = time.perf_counter() - t0
+            print(f"== {name}: exit {status} after {seconds:.0f} s", flush=True)
+            timings[name] = {"seconds": round(seconds, 1), "exit": status}
             if status != 0:
                 failed.append(name)
+        write_json(
+            args.out / RUN_LOG,
+            {
+                "started": started,
+                "finished": _utc_now(),
+                "seconds": round(time.perf_counter() - t_all, 1),
+                "quick": bool(args.quick),
+                "threads": args.threads,
+                "benchmarks": timings,
+            },
+        )
     path = write_report(args.out, args.report)
     print(f"wrote {path}" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0

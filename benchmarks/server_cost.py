@@ -193,7 +193,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     models = args.models or (["mlp", "cnv"] if args.quick else list(MODELS))
     ks = args.ks or ([10, 100] if args.quick else list(KS))
     repeats = args.repeats or (1 if args.quick else 2)
-    cap_gib = args.max_input_gib or (0.25 if args.quick else 2.0)
+    cap_gib = args.max_input_gib or (0.25 if args.quick else 6.0)
     cap = int(cap_gib * 2**30)
     rows = []
     for name in models:
@@ -350,12 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-input-gib",
         type=float,
         default=None,
-        help="skip a configuration whose K replies exceed this many GiB (default 2; quick 0.25)",
+        help="skip a configuration whose K replies exceed this many GiB (default 6; quick 0.25)",
     )
     parser.add_argument(
         "--max-work",
         type=float,
-        default=2e9,
+        default=2e10,
         help="skip a configuration aggregating more than this many sign values (K x weights)",
     )
     parser.add_argument(

@@ -187,6 +187,28 @@ def test_federation30_is_federation_with_its_own_name(tmp_path):
     assert not (tmp_path / "federation.json").exists()
 
 
+def test_run_all_logs_its_timings_and_the_report_states_them(tmp_path):
+    report = tmp_path / "BENCH.md"
+    done = _run(
+        [
+            "benchmarks.run_all",
+            "--only",
+            "federation",
+            "--quick",
+            "--mnist-root",
+            str(tmp_path / "no"),
+            "--report",
+            str(report),
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = json.loads((tmp_path / "run_all.json").read_text())
+    assert log["quick"] is True and log["benchmarks"]["federation"]["exit"] == 0
+    assert log["seconds"] >= log["benchmarks"]["federation"]["seconds"] > 0
+    assert "ran 1 benchmark(s) in one go" in report.read_text()
+
+
 def test_federation_rejects_unknown_variants(tmp_path):
     done = _run(["benchmarks.federation", "--variants", "mean,fedprox"], tmp_path)
     assert done.returncode == 2 and "unknown variant(s) ['fedprox']" in done.stderr
