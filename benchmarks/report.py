@@ -546,20 +546,9 @@ def _summary(results: dict[str, dict[str, Any]]) -> Doc:
                 found = r["budgets"][label]
                 parts.append(f"{r['model']} {r['recipe']} {_max_batch_cell(found)}")
         out.append(f"- **Largest batch within {label}**: " + "; ".join(parts) + ".")
-    if fed := _ok(results, "federation"):
-        for part in dict.fromkeys(r["partition"] for r in fed["runs"]):
-            runs = {r["variant"]: r for r in fed["runs"] if r["partition"] == part}
-            base = next((r for r in runs.values() if r["strategy"] == "fedavg"), None)
-            parts = []
-            for name, r in runs.items():
-                txt = f"{name} {r['final_accuracy']:.3f} with {_mib(r['total_bytes'], 1)} MiB"
-                if base is not None and r is not base and r["total_bytes"]:
-                    txt += f" ({base['total_bytes'] / r['total_bytes']:.1f}× fewer bytes)"
-                parts.append(txt)
-            out.append(
-                f"- **Federation, MNIST {part}**, test accuracy after "
-                f"{fed['config']['rounds']} rounds: " + "; ".join(parts) + "."
-            )
+    for name in ("federation30", "federation"):
+        if fed := _ok(results, name):
+            out += _federation_summary(fed)
     if sc := _ok(results, "server_cost"):
         parts = []
         for model in dict.fromkeys(r["model"] for r in sc["ratios"]):
@@ -582,6 +571,29 @@ def _summary(results: dict[str, dict[str, Any]]) -> Doc:
     return out
 
 
+def _federation_summary(fed: dict[str, Any]) -> Doc:
+    """One line per partition: each variant's final accuracy, bytes and gap to fedavg."""
+    cfg, out = fed["config"], []
+    local = f"{cfg['max_batches']} local batches" if cfg["max_batches"] else "one local epoch"
+    for part in dict.fromkeys(r["partition"] for r in fed["runs"]):
+        runs = {r["variant"]: r for r in fed["runs"] if r["partition"] == part}
+        base = next((r for r in runs.values() if r["strategy"] == "fedavg"), None)
+        parts = []
+        for name, r in runs.items():
+            txt = f"{name} {r['final_accuracy']:.3f} with {_mib(r['total_bytes'], 1)} MiB"
+            if base is not None and r is not base and r["total_bytes"]:
+                gap = 100 * (r["final_accuracy"] - base["final_accuracy"])
+                txt += (
+                    f" ({base['total_bytes'] / r['total_bytes']:.1f}× fewer bytes, {gap:+.1f} pp)"
+                )
+            parts.append(txt)
+        out.append(
+            f"- **Federation, MNIST {part}**, test accuracy after {cfg['rounds']} rounds of "
+            f"{local}: " + "; ".join(parts) + "."
+        )
+    return out
+
+
 def _range(values: list[float]) -> str:
     lo, hi = min(values), max(values)
     return f"{lo:.2f}×" if abs(hi - lo) < 0.005 else f"{lo:.2f}–{hi:.2f}×"
@@ -589,7 +601,9 @@ def _range(values: list[float]) -> str:
 
 def _choosing(results: dict[str, dict[str, Any]]) -> Doc:
     """Three paragraphs for a reader choosing a tool, with the deciding figures filled in."""
-    memory, speed, fed = _ok(results, "memory"), _ok(results, "speed"), _ok(results, "federation")
+    memory, speed = _ok(results, "memory"), _ok(results, "speed")
+    fed_name = "federation30" if _ok(results, "federation30") else "federation"
+    fed = _ok(results, fed_name)
     mem_txt = time_txt = fed_txt = ""
     stock_txt = "."
     if speed:
@@ -634,7 +648,8 @@ def _choosing(results: dict[str, dict[str, Any]]) -> Doc:
             gaps.append(100 * (r["final_accuracy"] - base["final_accuracy"]))
         if fewer:
             fed_txt = (
-                f" In section 4 bitfed's federations sent {_range(fewer)} fewer bytes in "
+                f" In section {ORDER[fed_name].split('.')[0]} bitfed's federations sent "
+                f"{_range(fewer)} fewer bytes in "
                 f"total and ended {min(gaps):+.1f} to {max(gaps):+.1f} accuracy points "
                 f"from float32 FedAvg after {fed['config']['rounds']} rounds."
             )
