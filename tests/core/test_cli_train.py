@@ -91,7 +91,7 @@ def test_entry_point_writes_into_hydra_run_dir(tmp_path):
     assert done.returncode == 0, done.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["dataset"] == "digits" and metrics["recipe"] == "lowcost"
-    assert "epoch 1/1" in done.stdout
+    assert "epoch 3/3" in done.stdout  # conf/train: 3 epochs by default
 
 
 @pytest.mark.parametrize(
