@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 NAME = "hostile"
+#: The published figures were measured with a constant client learning rate (the default then).
+LR_SCHEDULE = "constant"
 #: label -> (recipe, strategy)
 VARIANTS = {
     "lowcost + mean": ("lowcost", "mean"),
@@ -158,7 +160,7 @@ def experiment(args: argparse.Namespace, variant: str, run_dir: Path, seed: int)
             round_timeout=600.0,
             node_wait_timeout=5.0,
             resume=False,
-            lr_schedule="constant",  # as when the published figures were measured
+            lr_schedule=LR_SCHEDULE,
         ),
         seed=seed,
         output_dir=str(run_dir),
@@ -244,6 +246,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "attackers": attackers,
             "attack": "sign flip of the whole update (bits inverted / local change negated)",
             "rounds": args.rounds,
+            "lr_schedule": LR_SCHEDULE,
             "batch_size": args.batch_size,
             "max_batches": args.max_batches,
             "seeds": seeds,

@@ -150,7 +150,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     models = ["mlp"] if args.quick else list(START)
     budgets = dict(list(BUDGETS.items())[:2]) if args.quick else BUDGETS
     tolerance = args.tolerance or (0.1 if args.quick else 0.03)
-    max_s = args.max_probe_seconds or (10.0 if args.quick else 12.0)
+    max_s = args.max_probe_seconds or (10.0 if args.quick else 30.0)
     results = []
     for model_name in models:
         for recipe in RECIPES:
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-probe-seconds",
         type=float,
         default=None,
-        help="skip probes predicted to take longer (12; quick 10)",
+        help="skip probes predicted to take longer (30; quick 10)",
     )
     return parser
 
