@@ -43,6 +43,8 @@ __all__ = [
     "benchmark_parser",
     "run_benchmark",
     "flower_env",
+    "mlp_federation",
+    "utc_now",
 ]
 
 MIB = 2**20
@@ -88,28 +90,26 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def utc_now() -> str:
+    """The current UTC time to the minute, as every result file states it."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _git_commit() -> str | None:
     """HEAD of the repository, with ``+dirty`` when the working tree has changes (read-only)."""
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        head = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
+
+
+def _git(*args: str) -> str:
+    """Stdout of ``git args...`` in the repository (raises on failure)."""
+    return subprocess.run(
+        ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()
 
 
 def machine_info() -> dict[str, Any]:
@@ -141,7 +141,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "cuda_device": cuda,
         "git": _git_commit(),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
     }
 
 
@@ -287,3 +287,57 @@ def run_benchmark(name: str, measure: Measure, plot: Plot, args: argparse.Namesp
         plot(envelope, png)
     print(f"{name}: wrote {out / f'{name}.json'} in {envelope['seconds']:.0f} s", file=sys.stderr)
     return status
+
+
+def mlp_federation(
+    run_dir: Path,
+    *,
+    recipe: str,
+    rule: str,
+    dataset: str,
+    root: str = "",
+    partition: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 0,
+    batch_size: int = 100,
+    max_batches: int = 0,
+    clients: int,
+    rounds: int,
+    **federation: Any,
+):
+    """The :class:`core.config.ExperimentConfig` of one benchmark federation of MLPs.
+
+    ``clients`` clients, all sampled every round, one local epoch (``max_batches`` caps it),
+    one torch thread per client, no resume; the 1-bit rules with error feedback, ``fedavg``
+    without. ``federation`` holds further :class:`core.config.FederationConfig` fields.
+    """
+    from core.config import (
+        DatasetConfig,
+        ExperimentConfig,
+        FederationConfig,
+        ModelConfig,
+        PartitionConfig,
+        RecipeConfig,
+        StrategyConfig,
+        TrainConfig,
+    )
+
+    return ExperimentConfig(
+        model=ModelConfig(name="mlp"),
+        recipe=RecipeConfig(name=recipe),
+        dataset=DatasetConfig(name=dataset, root=str(root)),
+        partition=PartitionConfig(kind=partition, alpha=alpha, seed=seed),
+        train=TrainConfig(
+            epochs=1, batch_size=batch_size, max_batches=max_batches, num_threads=1, seed=seed
+        ),
+        strategy=StrategyConfig(name=rule, error_feedback=rule != "fedavg"),
+        federation=FederationConfig(
+            num_clients=clients,
+            clients_per_round=clients,
+            num_rounds=rounds,
+            resume=False,
+            **federation,
+        ),
+        seed=seed,
+        output_dir=str(run_dir),
+    )

@@ -35,6 +35,7 @@ from benchmarks.common import (
     SkipBenchmark,
     benchmark_parser,
     flower_env,
+    mlp_federation,
     run_benchmark,
     save_figure,
     write_json,
@@ -58,12 +59,8 @@ VARIANTS = {
     "lowcost + majority": ("lowcost", "majority"),
     "float32 fedavg": ("standard", "fedavg"),
 }
-#: --variants keys -> labels
-VARIANT_KEYS = {
-    "mean": "lowcost + mean",
-    "majority": "lowcost + majority",
-    "fedavg": "float32 fedavg",
-}
+#: --variants keys (the strategy names) -> labels
+VARIANT_KEYS = {rule: label for label, (_, rule) in VARIANTS.items()}
 #: label -> (partition kind, Dirichlet alpha)
 PARTITIONS = {"IID": ("iid", 0.5), "Dirichlet(0.5)": ("dirichlet", 0.5)}
 DEFAULT_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -81,36 +78,21 @@ def _check_mnist(root: Path) -> None:
 
 
 def experiment(args: argparse.Namespace, variant: str, partition: str, run_dir: Path):
-    """The :class:`core.config.ExperimentConfig` of one run."""
-    from core.config import (
-        DatasetConfig,
-        ExperimentConfig,
-        FederationConfig,
-        ModelConfig,
-        PartitionConfig,
-        RecipeConfig,
-        StrategyConfig,
-        TrainConfig,
-    )
-
+    """The :class:`core.config.ExperimentConfig` of one run (the paper's MNIST model)."""
     recipe, rule = VARIANTS[variant]
     kind, alpha = PARTITIONS[partition]
-    return ExperimentConfig(
-        model=ModelConfig(name="mlp"),  # the paper's MNIST model
-        recipe=RecipeConfig(name=recipe),
-        dataset=DatasetConfig(name="mnist", root=str(args.mnist_root)),
-        partition=PartitionConfig(kind=kind, alpha=alpha, seed=0),
-        train=TrainConfig(epochs=1, batch_size=100, max_batches=args.max_batches, num_threads=1),
-        strategy=StrategyConfig(name=rule, error_feedback=rule != "fedavg"),
-        federation=FederationConfig(
-            num_clients=args.clients,
-            clients_per_round=args.clients,
-            num_rounds=args.rounds,
-            min_clients=min(2, args.clients),
-            resume=False,
-        ),
-        seed=0,
-        output_dir=str(run_dir),
+    return mlp_federation(
+        run_dir,
+        recipe=recipe,
+        rule=rule,
+        dataset="mnist",
+        root=str(args.mnist_root),
+        partition=kind,
+        alpha=alpha,
+        max_batches=args.max_batches,
+        clients=args.clients,
+        rounds=args.rounds,
+        min_clients=min(2, args.clients),
     )
 
 

@@ -12,6 +12,8 @@ Extra arguments are passed on (later ones win, e.g. ``--rounds 10``); ``--quick`
 
 from __future__ import annotations
 
+import sys
+
 from benchmarks import federation
 
 __all__ = ["NAME", "SETTING", "main"]
@@ -22,8 +24,6 @@ SETTING = ["--name", NAME, "--rounds", "30", "--clients", "10", "--max-batches",
 
 def main(argv: list[str] | None = None) -> int:
     """Run :func:`benchmarks.federation.main` with the issue's setting."""
-    import sys
-
     extra = list(sys.argv[1:] if argv is None else argv)
     setting = ["--name", NAME] if "--quick" in extra else SETTING  # quick: federation's own
     return federation.main([*setting, "--variants", "mean,fedavg", *extra])

@@ -31,6 +31,7 @@ from benchmarks.common import (
     RESULTS_DIR,
     benchmark_parser,
     flower_env,
+    mlp_federation,
     run_benchmark,
     save_figure,
 )
@@ -127,43 +128,22 @@ def hostile_handler(run_config: dict[str, Any], node: int, partition: int, num_p
 
 def experiment(args: argparse.Namespace, variant: str, run_dir: Path, seed: int):
     """The :class:`core.config.ExperimentConfig` of one run."""
-    from core.config import (
-        DatasetConfig,
-        ExperimentConfig,
-        FederationConfig,
-        ModelConfig,
-        PartitionConfig,
-        RecipeConfig,
-        StrategyConfig,
-        TrainConfig,
-    )
-
     recipe, rule = VARIANTS[variant]
-    return ExperimentConfig(
-        model=ModelConfig(name="mlp"),
-        recipe=RecipeConfig(name=recipe),
-        dataset=DatasetConfig(name=args.dataset, root=str(args.data_root or "")),
-        partition=PartitionConfig(kind="iid", seed=seed),
-        train=TrainConfig(
-            epochs=1,
-            batch_size=args.batch_size,
-            max_batches=args.max_batches,
-            num_threads=1,
-            seed=seed,
-        ),
-        strategy=StrategyConfig(name=rule, error_feedback=rule != "fedavg"),
-        federation=FederationConfig(
-            num_clients=args.clients,
-            clients_per_round=args.clients,
-            num_rounds=args.rounds,
-            min_clients=max(1, args.clients // 2),
-            round_timeout=600.0,
-            node_wait_timeout=5.0,
-            resume=False,
-            lr_schedule=LR_SCHEDULE,
-        ),
+    return mlp_federation(
+        run_dir,
+        recipe=recipe,
+        rule=rule,
+        dataset=args.dataset,
+        root=str(args.data_root or ""),
         seed=seed,
-        output_dir=str(run_dir),
+        batch_size=args.batch_size,
+        max_batches=args.max_batches,
+        clients=args.clients,
+        rounds=args.rounds,
+        min_clients=max(1, args.clients // 2),
+        round_timeout=600.0,
+        node_wait_timeout=5.0,
+        lr_schedule=LR_SCHEDULE,
     )
 
 

@@ -11,14 +11,13 @@ records its error in its JSON, the others still run, and the exit status is 1. B
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, write_json
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, utc_now, write_json
 from benchmarks.report import write_report
 
 __all__ = ["BENCHMARKS", "DEFAULT", "ON_REQUEST", "RUN_LOG", "main"]
@@ -35,7 +34,7 @@ BENCHMARKS = (
     "hostile",
 )
 #: What runs on request only (``--only``): ``federation30`` (the federation issue's 30 rounds
-#: of full local epochs, four runs, ~12 min) and ``hostile`` (30 rounds x 5 seeds x 6
+#: of full local epochs, four runs, ~6 min) and ``hostile`` (30 rounds x 5 seeds x 6
 #: federations). Their JSON, when present, is reported either way.
 ON_REQUEST = ("federation30", "hostile")
 DEFAULT = tuple(b for b in BENCHMARKS if b not in ON_REQUEST)
@@ -43,10 +42,6 @@ DEFAULT = tuple(b for b in BENCHMARKS if b not in ON_REQUEST)
 
 #: Written by every run (not by ``--report-only``): when it ran, how long each benchmark took.
 RUN_LOG = "run_all.json"
-
-
-def _utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _names(text: str) -> list[str]:
@@ -77,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     timings: dict[str, dict[str, float | int]] = {}
     if not args.report_only:
-        started, t_all = _utc_now(), time.perf_counter()
+        started, t_all = utc_now(), time.perf_counter()
         env = {**os.environ}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         for name in [n for n in args.only if n not in args.skip]:
@@ -106,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out / RUN_LOG,
             {
                 "started": started,
-                "finished": _utc_now(),
+                "finished": utc_now(),
                 "seconds": round(time.perf_counter() - t_all, 1),
                 "quick": bool(args.quick),
                 "threads": args.threads,
