@@ -12,7 +12,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.flwr
 
-.PHONY: run test lint bench bench-quick clean
+.PHONY: run test lint bench bench-quick clean test-arm64
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all --quick $(ARGS)
+
+# The training core's tests on aarch64 under qemu-user (root; first run builds an arm64 Debian
+# with debootstrap and fetches the device wheels into build/arm64, ~20 min; then a few minutes).
+test-arm64: $(STAMP)
+	PYTHON=$(CURDIR)/$(BIN)/python scripts/test-arm64.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) .flwr .pytest_cache .ruff_cache
