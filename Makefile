@@ -12,13 +12,13 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_HOME := $(CURDIR)/.flwr
 
-.PHONY: run test lint bench bench-quick clean test-arm64
+.PHONY: run test lint bench bench-quick clean docker-engine image-offline test-arm64
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[data,plots,sim,test]'
 	@touch $@
 
 run: $(STAMP)
@@ -41,6 +41,14 @@ bench-quick: $(STAMP)
 # with debootstrap and fetches the device wheels into build/arm64, ~20 min; then a few minutes).
 test-arm64: $(STAMP)
 	PYTHON=$(CURDIR)/$(BIN)/python scripts/test-arm64.sh $(ARGS)
+
+# The compose federation's image without a registry or an index reachable from containers:
+# a Debian base image from debootstrap, a host wheelhouse (build/wheelhouse), the real Dockerfile.
+docker-engine:
+	scripts/docker-engine.sh
+
+image-offline: $(STAMP)
+	scripts/offline-image.sh
 
 clean:
 	rm -rf $(VENV) .flwr .pytest_cache .ruff_cache

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE, TLS, STATE = "compose.yaml", "compose.tls.yaml", "compose.state.yaml"
 NUM_CLIENTS = 3
 SECRETS = "/run/secrets"
+DEVICE_STATE = "/app/device-state"  # the ClientApp's replica + residual (node config state-dir)
 
 
 def _install_docker_compose() -> str | None:
@@ -91,6 +92,7 @@ def _node_spec(k: int, tls: bool) -> SuperNodeSpec:
         host="0.0.0.0",
         port=9094,
         isolation="process",
+        state_dir=DEVICE_STATE,
     )
 
 
@@ -182,3 +184,45 @@ def test_dockerfile_pins_cpu_torch_constraints_and_non_root_user() -> None:
     assert "HOME=/app" in text and "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in text
     for source in ("core", "client", "server", "conf", "pyproject.toml", "constraints.txt"):
         assert (ROOT / source).exists()
+
+
+def _limit_bytes(service: dict) -> int:
+    text = str(service["deploy"]["resources"]["limits"]["memory"]).lower()
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
+def test_each_device_is_capped_and_keeps_its_state_on_its_own_volume(compose_bin: str) -> None:
+    services = _config(compose_bin, BASE, TLS, STATE)["services"]
+    mounts = {}
+    for k in range(1, NUM_CLIENTS + 1):
+        node, app = services[f"supernode-{k}"], services[f"superexec-clientapp-{k}"]
+        # a device class: SuperNode + ClientApp executor (and its ClientApps) within 512 MiB
+        assert _limit_bytes(node) + _limit_bytes(app) <= 512 * 2**20
+        assert f'state-dir="{DEVICE_STATE}"' in " ".join(node["command"])
+        (volume,) = [v for v in app["volumes"] if v.endswith(f":{DEVICE_STATE}:rw")]
+        mounts[k] = volume.split(":")[0]
+    assert len(set(mounts.values())) == NUM_CLIENTS  # one volume per device, none shared
+    assert "bitfed-state:/app/state:rw" in services["superexec-serverapp"]["volumes"]
+
+
+def test_superlink_port_is_published_on_loopback_unless_asked(compose_bin: str) -> None:
+    (published,) = _config(compose_bin, BASE)["services"]["superlink"]["ports"]
+    assert published.startswith("127.0.0.1:8000:8000")
+
+
+def test_dockerfile_default_is_the_online_build_and_offline_only_swaps_sources() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:\$\{PYTHON_VERSION\}-slim-bookworm$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
+    # offline sources are pip's own environment variables, unset by default ...
+    assert re.findall(r"^ARG (PIP_NO_INDEX|PIP_FIND_LINKS)$", text, re.M) == [
+        "PIP_NO_INDEX",
+        "PIP_FIND_LINKS",
+    ]
+    # ... and no wheel is ever copied into a layer
+    copies = re.findall(r"^COPY .*$", text, re.M)
+    assert copies and not any("wheel" in line or "build" in line for line in copies)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for folder in ("tests", "benchmarks", ".venv", ".git", "build"):
+        assert folder in ignored

@@ -1,0 +1,560 @@
+"""The compose federation in real containers: build the image, start it, submit runs, read peaks.
+
+Used by ``tests/test_compose_e2e.py`` (marker ``docker``) and as a benchmark::
+
+    python -m benchmarks.compose [--rounds 3] [--label after] \
+        [--out benchmarks/results/compose_footprint.json]
+
+which starts ``compose.yaml`` (one SuperLink, the ServerApp executor, three devices: each a
+SuperNode container plus a ClientApp-executor container), runs the MLP on digits, and writes
+every container's cgroup memory peak (``memory.max_usage_in_bytes`` on cgroup v1,
+``memory.peak`` on v2: resident memory plus the page cache the container touched), the peak RSS
+of each process kind inside it (sampled from ``/proc/<pid>/status`` VmHWM), and the per-device
+sums (SuperNode + ClientApp executor) into the JSON file under ``--label``.
+
+Everything runs on the compose network and 127.0.0.1; the image is built offline by
+``scripts/offline-image.sh`` (cached by a hash of the sources).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE, TLS, STATE = "compose.yaml", "compose.tls.yaml", "compose.state.yaml"
+NUM_DEVICES = 3
+ENABLE_HINT = "run scripts/docker-engine.sh as root to provision one"
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+PROCESS_KINDS = (
+    "flower-superlink",
+    "flwr-serverapp",
+    "flwr-clientapp",
+    "flower-superexec",
+    "flower-supernode",
+)
+ROUND_LINE = re.compile(r"round (\d+)/(\d+): accuracy ([0-9.]+).*?(\(skipped\))?\s*$")
+SENT_LINE = re.compile(r"round (\d+): sent to (\d+) nodes \(([^)]*)\)")
+RESUME_LINE = re.compile(r"resuming from (\S+): (\d+) rounds done")
+
+__all__ = [
+    "Federation",
+    "PeakSampler",
+    "Submission",
+    "build_image",
+    "device_footprint",
+    "engine_problem",
+    "federation_overrides",
+]
+
+
+def engine_problem() -> str | None:
+    """One line saying why no Docker engine/compose can be used here, or None when both work."""
+    if shutil.which("docker") is None:
+        return f"no docker client on PATH; {ENABLE_HINT}"
+    if shutil.which("docker-compose") is None:
+        return f"no docker-compose on PATH; {ENABLE_HINT}"
+    try:
+        proc = subprocess.run(["docker", "info"], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return f"the Docker engine does not answer; {ENABLE_HINT}"
+    if proc.returncode != 0:
+        return f"the Docker engine does not answer; {ENABLE_HINT}"
+    return None
+
+
+def build_image(root: Path = ROOT, timeout: float = 3600.0) -> str:
+    """Build (or reuse) the image with ``scripts/offline-image.sh``; return its source tag.
+
+    ``BITFED_IMAGE=TAG`` in the environment skips the build and uses that image.
+    """
+    if os.environ.get("BITFED_IMAGE"):
+        return os.environ["BITFED_IMAGE"]
+    proc = subprocess.run(
+        ["bash", str(root / "scripts" / "offline-image.sh")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_clean_env(),
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines or not lines[-1].startswith("bitfed:"):
+        detail = " ".join((proc.stderr or proc.stdout).split())[-400:]
+        raise RuntimeError(f"scripts/offline-image.sh failed (exit {proc.returncode}): {detail}")
+    return lines[-1]
+
+
+def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment without Python settings (docker-compose v1 runs on the system Python)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    return {**env, **FLOWER_ENV, **(extra or {})}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _http_answers(port: int, tls: bool) -> bool:
+    """True when something speaks HTTP (or TLS) on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as raw:
+            if tls:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                with context.wrap_socket(raw) as conn:
+                    return conn.version() is not None
+            raw.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            return raw.recv(16).startswith(b"HTTP/")
+    except OSError:
+        return False
+
+
+def federation_overrides(rounds: int, **extra: Any) -> list[str]:
+    """Hydra overrides of a run on the three compose devices (MLP on digits unless overridden)."""
+    values: dict[str, Any] = {
+        "federation.num_clients": NUM_DEVICES,
+        "federation.clients_per_round": NUM_DEVICES,
+        "federation.min_clients": NUM_DEVICES,
+        "federation.num_rounds": rounds,
+        "federation.checkpoint_dir": "/app/state/checkpoints",
+        "train.num_threads": 1,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@dataclass
+class Submission:
+    """What one ``bitfed-server --connect`` printed and how it exited."""
+
+    returncode: int
+    lines: list[str]
+    seconds: float
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def rounds(self) -> dict[int, tuple[float, bool]]:
+        """``{round: (accuracy, skipped)}`` from the streamed ``round k/N: accuracy …`` lines."""
+        found = {}
+        for line in self.lines:
+            if m := ROUND_LINE.search(line):
+                found[int(m.group(1))] = (float(m.group(3)), m.group(4) is not None)
+        return found
+
+    def payloads(self) -> dict[int, str]:
+        """``{round: "full: 3"}``-style downlink summary of each round the server configured."""
+        return {int(m.group(1)): m.group(3) for line in self.lines if (m := SENT_LINE.search(line))}
+
+    def resumed_after(self) -> int | None:
+        """Rounds the ServerApp found done in its checkpoint (None: it started fresh)."""
+        found = [int(m.group(2)) for line in self.lines if (m := RESUME_LINE.search(line))]
+        return found[-1] if found else None
+
+
+@dataclass
+class Federation:
+    """One compose project (unique name) built from ``files`` in ``root``."""
+
+    files: Sequence[str]
+    image: str
+    workdir: Path
+    root: Path = ROOT
+    env: dict[str, str] = field(default_factory=dict)
+    project: str = field(default_factory=lambda: f"bitfed-test-{secrets.token_hex(4)}")
+    port: int = field(default_factory=_free_port)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.env = _clean_env(
+            {
+                "BITFED_VERSION": self.image.split(":", 1)[1],
+                "BITFED_PORT": str(self.port),
+                "BITFED_HOST": "127.0.0.1",
+                **self.env,
+            }
+        )
+
+    # --- compose -----------------------------------------------------------------------------
+    def compose(
+        self, *args: str, timeout: float = 300.0, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        cmd = ["docker-compose", "-p", self.project]
+        for name in self.files:
+            cmd += ["-f", str(self.root / name)]
+        proc = subprocess.run(
+            [*cmd, *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            detail = " ".join(proc.stderr.split())[-600:]
+            raise RuntimeError(f"docker-compose {' '.join(args)} failed: {detail}")
+        return proc
+
+    def up(self, timeout: float = 180.0) -> None:
+        """Start every service (no build) and wait until the SuperLink answers HTTP(S)."""
+        self.compose("up", "-d", "--no-build", timeout=timeout)
+        self.wait_superlink()
+
+    def wait_superlink(self, timeout: float = 90.0) -> None:
+        """Wait for an HTTP(S) reply on the published port (docker-proxy accepts TCP earlier)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _http_answers(self.port, tls=TLS in self.files):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"the SuperLink of {self.project} did not answer on {self.port}")
+
+    def down(self, volumes: bool = True) -> None:
+        """Stop and remove containers and networks (and named volumes unless ``volumes=False``)."""
+        args = ["down", "--remove-orphans", "--timeout", "5"]
+        self.compose(*args, *(["--volumes"] if volumes else []), timeout=180, check=False)
+
+    def container(self, service: str) -> str:
+        """Full id of the (first) container of ``service``."""
+        out = self.compose("ps", "-q", service).stdout.split()
+        if not out:
+            raise RuntimeError(f"service {service} has no container in {self.project}")
+        return out[0]
+
+    def inspect(self, service: str) -> dict[str, Any]:
+        proc = subprocess.run(
+            ["docker", "inspect", self.container(service)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return json.loads(proc.stdout)[0]
+
+    def services(self) -> list[str]:
+        return self.compose("config", "--services").stdout.split()
+
+    # --- runs --------------------------------------------------------------------------------
+    def submit(
+        self,
+        overrides: Sequence[str],
+        *,
+        certs: Path | None = None,
+        timeout: float = 600.0,
+        on_line: Callable[[str], None] | None = None,
+    ) -> Submission:
+        """Run ``bitfed-server --connect 127.0.0.1:PORT`` (on this host) and collect its output."""
+        tls = ["--certs-dir", str(certs)] if certs else ["--insecure"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "server.deploy",
+            "--connect",
+            f"127.0.0.1:{self.port}",
+            *tls,
+            "--app",
+            str(self.root),
+            "--config-dir",
+            str(self.root / "conf"),
+            "--state-dir",
+            str(self.workdir / "cli"),
+            *overrides,
+        ]
+        env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(self.workdir / "flwr-home")}
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=self.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines: list[str] = []
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))
+                if on_line is not None:
+                    on_line(line)
+            proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return Submission(proc.returncode, lines, time.monotonic() - started)
+
+    def exec(self, service: str, *cmd: str, timeout: float = 60.0) -> str:
+        return self.compose("exec", "-T", service, *cmd, timeout=timeout).stdout
+
+    def kill_main_process(self, service: str) -> None:
+        """SIGKILL the container's main process from the host: a crash the restart policy sees."""
+        pid = self.inspect(service)["State"]["Pid"]
+        if not pid:
+            raise RuntimeError(f"{service} is not running")
+        os.kill(pid, 9)
+
+    def wait_running(self, service: str, after_pid: int | None = None, timeout: float = 60) -> int:
+        """Wait until ``service`` runs again (with a main pid other than ``after_pid``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.inspect(service)["State"]
+            if state["Running"] and state["Pid"] and state["Pid"] != after_pid:
+                return state["Pid"]
+            time.sleep(0.5)
+        raise RuntimeError(f"{service} did not come back within {timeout:.0f} s")
+
+
+# --- memory --------------------------------------------------------------------------------------
+def _cgroup_dir(pid: int) -> tuple[Path, int] | None:
+    """The memory cgroup folder of ``pid`` and the cgroup version (1 or 2)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return Path("/sys/fs/cgroup/memory") / path.lstrip("/"), 1
+    for line in lines:
+        if line.startswith("0::"):
+            return Path("/sys/fs/cgroup") / line[3:].lstrip("/"), 2
+    return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def cgroup_memory(pid: int) -> dict[str, int | None]:
+    """``{"peak": …, "usage": …, "limit": …}`` bytes of the memory cgroup holding ``pid``."""
+    found = _cgroup_dir(pid)
+    if found is None:
+        return {"peak": None, "usage": None, "limit": None}
+    folder, version = found
+    if version == 1:
+        names = ("memory.max_usage_in_bytes", "memory.usage_in_bytes", "memory.limit_in_bytes")
+    else:
+        names = ("memory.peak", "memory.current", "memory.max")
+    peak, usage, limit = (_read_int(folder / n) for n in names)
+    return {"peak": peak, "usage": usage, "limit": limit, "cgroup_version": version}
+
+
+def reset_cgroup_peak(pid: int) -> bool:
+    """Reset the cgroup's peak to its current usage (cgroup v1; v2 kernels >= 6.12 accept it)."""
+    found = _cgroup_dir(pid)
+    if found is None:
+        return False
+    folder, version = found
+    target = folder / ("memory.max_usage_in_bytes" if version == 1 else "memory.peak")
+    try:
+        target.write_text("0\n")
+    except OSError:
+        return False
+    return True
+
+
+def _process_kind(pid: int) -> str | None:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for arg in argv[:3]:
+        name = os.path.basename(arg.decode(errors="replace"))
+        if name in PROCESS_KINDS:
+            return name
+    return "other"
+
+
+def _vm_hwm(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class PeakSampler:
+    """Sample, every ``period`` s, the peak RSS (VmHWM) of each process kind in each container."""
+
+    def __init__(self, federation: Federation, services: Sequence[str], period: float = 0.25):
+        self.federation = federation
+        self.services = list(services)
+        self.period = period
+        self.peaks: dict[str, dict[str, int]] = {s: {} for s in self.services}
+        self.counts: dict[str, dict[str, set[int]]] = {s: {} for s in self.services}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._cgroups: dict[str, Path] = {}
+
+    def __enter__(self) -> PeakSampler:
+        for service in self.services:
+            pid = self.federation.inspect(service)["State"]["Pid"]
+            found = _cgroup_dir(pid)
+            if found is not None:
+                self._cgroups[service] = found[0]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for service, folder in self._cgroups.items():
+                try:
+                    pids = [int(p) for p in (folder / "cgroup.procs").read_text().split()]
+                except OSError:
+                    continue
+                for pid in pids:
+                    kind, hwm = _process_kind(pid), _vm_hwm(pid)
+                    if kind is None or hwm is None:
+                        continue
+                    best = self.peaks[service]
+                    best[kind] = max(best.get(kind, 0), hwm)
+                    self.counts[service].setdefault(kind, set()).add(pid)
+            self._stop.wait(self.period)
+
+    def processes(self) -> dict[str, dict[str, dict[str, int]]]:
+        """``{service: {kind: {"peak_rss": bytes, "processes": n}}}``."""
+        return {
+            s: {
+                k: {"peak_rss": v, "processes": len(self.counts[s].get(k, ()))}
+                for k, v in sorted(kinds.items())
+            }
+            for s, kinds in self.peaks.items()
+        }
+
+
+def container_memory(federation: Federation, services: Sequence[str]) -> dict[str, Any]:
+    """Per service: cgroup peak/usage/limit and the limit Docker set (HostConfig.Memory)."""
+    out = {}
+    for service in services:
+        info = federation.inspect(service)
+        out[service] = {
+            **cgroup_memory(info["State"]["Pid"]),
+            "host_config_memory": info["HostConfig"].get("Memory") or None,
+        }
+    return out
+
+
+def device_footprint(containers: dict[str, Any]) -> dict[str, dict[str, int | None]]:
+    """Per device K: SuperNode + ClientApp-executor cgroup peaks and their sum."""
+    devices = {}
+    for k in range(1, NUM_DEVICES + 1):
+        node = containers.get(f"supernode-{k}", {}).get("peak")
+        app = containers.get(f"superexec-clientapp-{k}", {}).get("peak")
+        total = node + app if node is not None and app is not None else None
+        devices[f"device-{k}"] = {"supernode": node, "clientapp_executor": app, "total": total}
+    return devices
+
+
+# --- benchmark -----------------------------------------------------------------------------------
+def measure(
+    image: str, rounds: int, workdir: Path, root: Path = ROOT, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """One plain federation (compose.yaml): run ``rounds`` rounds, return the footprint record."""
+    fed = Federation([BASE], image, workdir, root=root, env=env or {})
+    try:
+        fed.up()
+        services = fed.services()
+        with PeakSampler(fed, services) as sampler:
+            run = fed.submit(federation_overrides(rounds), timeout=900)
+        containers = container_memory(fed, services)
+    finally:
+        fed.down()
+    if run.returncode != 0:
+        raise RuntimeError(f"the run failed (exit {run.returncode}): {run.text[-800:]}")
+    return {
+        "image": image,
+        "image_bytes": _image_size(image),
+        "rounds": {str(k): {"accuracy": a, "skipped": s} for k, (a, s) in run.rounds().items()},
+        "run_seconds": round(run.seconds, 1),
+        "containers": containers,
+        "processes": sampler.processes(),
+        "devices": device_footprint(containers),
+    }
+
+
+def _image_size(image: str) -> int | None:
+    proc = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Size}}", image], capture_output=True, text=True
+    )
+    return int(proc.stdout) if proc.returncode == 0 and proc.stdout.strip().isdigit() else None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--label", default="current")
+    parser.add_argument("--image", help="use this image tag instead of building one")
+    parser.add_argument("--root", type=Path, default=ROOT, help="repository with compose.yaml")
+    parser.add_argument("--note", default="", help="what differs in this measurement")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="K=V", help="compose variable (repeatable)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "compose_footprint.json"
+    )
+    args = parser.parse_args(argv)
+    problem = engine_problem()
+    if problem:
+        sys.exit(f"benchmarks.compose: {problem}")
+    image = args.image or build_image(args.root)
+    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bitfed-compose-{secrets.token_hex(4)}"
+    env = dict(kv.split("=", 1) for kv in args.env)
+    record = measure(image, args.rounds, workdir, root=args.root, env=env)
+    record |= {
+        "note": args.note,
+        "env": env,
+        "date": time.strftime("%Y-%m-%d"),
+        "host": f"{os.cpu_count()} cores, torch threads 1 per ClientApp",
+    }
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results[args.label] = record
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    for name, dev in record["devices"].items():
+        print(f"{name}: {_mib(dev['supernode'])} + {_mib(dev['clientapp_executor'])} MiB")
+    print(f"benchmarks.compose: wrote {args.label} into {args.out}")
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+if __name__ == "__main__":
+    main()
