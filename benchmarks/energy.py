@@ -479,7 +479,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     from benchmarks.common import save_figure
 
     models = result["models"]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15, 4.5))
     width = 0.8 / len(RECIPES)
     for j, recipe in enumerate(RECIPES):
         xs = [i + (j - 1) * width for i in range(len(models))]
@@ -514,9 +514,34 @@ def plot(result: dict[str, Any], path: Path) -> None:
     bx.axhline(1.0, color="0.3", lw=0.8)
     bx.set_xticks(range(len(labels)), labels, fontsize=8)
     bx.set(ylabel="standard / lowcost", title="Model vs valgrind counts (above 1: lowcost less)")
-    bx.legend(fontsize=7)
+    if labels:
+        bx.legend(fontsize=7)
+    else:
+        bx.text(0.5, 0.5, "valgrind not run", ha="center", transform=bx.transAxes)
+    _plot_federation(cx, result.get("federation30"))
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     save_figure(fig, path, result["machine"])
+
+
+def _plot_federation(ax: Any, fed: dict[str, Any] | None) -> None:
+    """Test accuracy against cumulative modelled device energy, 30-round MNIST federation."""
+    if not fed:
+        ax.text(0.5, 0.5, "no federation30.json", ha="center", transform=ax.transAxes)
+        return
+    for i, run in enumerate(r for r in fed["runs"] if r["partition"] == "IID"):
+        for radio, style in (("wifi", "-"), ("lte", ":")):
+            rounds = run[radio]["rounds"]
+            xs = [r["cumulative_j"] for r in rounds]
+            ys = [r["accuracy"] for r in rounds]
+            ax.plot(xs, ys, style, color=f"C{i}", label=f"{run['variant']}, {radio}")
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="cumulative modelled energy per device (J, log)",
+        ylabel="test accuracy",
+        title="MNIST IID federation: accuracy vs device energy",
+    )
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
 
 
 def build_parser() -> argparse.ArgumentParser:
