@@ -7,13 +7,14 @@ first that did not::
 
     1. b = 1: if peak(1) > budget, nothing fits (batch 0, the reason says so);
     2. exponential: b = 2, 4, 8, ... until peak(b) > budget (or b reaches ``max_probe_batch``);
-    3. bracket [lo, hi): next probe at the linear interpolation of the two measured peaks,
-       clamped inside the bracket and to at least a quarter of it (a bisection fallback), until
-       ``hi - lo <= resolution``; the answer is ``lo`` and the probe at ``lo`` proves it.
+    3. bracket [lo, hi): next probe where the line through the two measured peaks meets the
+       budget (clamped inside the bracket), or at the midpoint when the previous probe did not
+       halve the bracket (so the worst case is a binary search), until ``hi - lo <=
+       max(1, resolution * lo)``; the answer is ``lo`` and the probe at ``lo`` proves it.
 
 Peaks grow about linearly with the batch (per-sample activations and gradients on top of fixed
-state), so the interpolation usually lands within a few samples and 2-4 probes follow the
-exponential phase. When every probe up to ``max_probe_batch`` fits, the answer lies beyond the
+state), so the interpolation usually lands on the answer and 1-3 probes follow the exponential
+phase. When every probe up to ``max_probe_batch`` fits, the answer lies beyond the
 probed range: it is extrapolated from the last two measured points, ``peak(b) = a + s b``, and
 labelled ``extrapolated`` (no probe proves it).
 
@@ -215,20 +216,22 @@ def largest_batch(
         lo, hi = (p, None) if p.fits else (lo, p)
     if hi is None:  # everything probed fits: extrapolate from the last two points
         return _extrapolate(probes, budget, result)
+    bisect = False
     while hi.batch - lo.batch > max(1, math.floor(resolution * lo.batch)):  # narrow the bracket
-        p = measure(_next_probe(lo, hi, budget))
+        width = hi.batch - lo.batch
+        p = measure(lo.batch + width // 2 if bisect else _interpolate(lo, hi, budget))
         lo, hi = (p, hi) if p.fits else (lo, p)
+        bisect = hi.batch - lo.batch > width / 2  # interpolation too slow here: bisect next
     why = f"measured: batch {lo.batch} fits, batch {hi.batch} does not"
     return result(lo.batch, lo.peak_bytes, False, lo, why)
 
 
-def _next_probe(lo: Probe, hi: Probe, budget: int) -> int:
-    """Interpolated batch inside ``(lo, hi)``, at least a quarter of the way from either end."""
+def _interpolate(lo: Probe, hi: Probe, budget: int) -> int:
+    """Largest batch under the budget on the line through ``lo`` and ``hi``, inside ``(lo, hi)``."""
     width = hi.batch - lo.batch
     slope = (hi.peak_bytes - lo.peak_bytes) / width
     guess = lo.batch + (budget - lo.peak_bytes) / slope if slope > 0 else lo.batch + width / 2
-    margin = max(1, width // 4)
-    return int(min(max(round(guess), lo.batch + margin), hi.batch - margin))
+    return int(min(max(math.floor(guess), lo.batch + 1), hi.batch - 1))
 
 
 def _extrapolate(probes: list[Probe], budget: int, result: Callable[..., PlanResult]):
