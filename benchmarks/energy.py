@@ -266,15 +266,25 @@ def _valgrind_version() -> str:
 
 
 def _modelled(configs: tuple[tuple[str, int, tuple[int, ...]], ...]) -> list[dict[str, Any]]:
-    """Rows of :func:`core.energy.energy_rows` for every configuration and recipe."""
-    from core.energy import energy_rows
+    """Rows of :func:`core.energy.energy_rows` for every configuration and recipe.
+
+    Each row also holds ``ratio_by_device_class``: ``standard / recipe`` priced with every
+    :data:`core.energy.DEVICE_CLASSES` entry (DRAM at 1.3 or 2.6 nJ, or all traffic as SRAM).
+    """
+    from core.energy import DEVICE_CLASSES, energy_rows
 
     models = []
     for model_name, batch, shape in configs:
         t0 = time.perf_counter()
         rows = energy_rows(model_name, batch, shape, RECIPES)
         for row in rows:
-            row.pop("counts")  # the per-phase detail lives in "phases" below
+            row["total_counts"] = row.pop("counts")["total"]  # phases: see "phases" below
+        base = rows[0]["total_counts"]
+        for row in rows:
+            row["ratio_by_device_class"] = {
+                name: _reprice(base, k) / _reprice(row["total_counts"], k)
+                for name, k in DEVICE_CLASSES.items()
+            }
         seconds = time.perf_counter() - t0
         models.append({"model": model_name, "batch": batch, "in_shape": list(shape), "rows": rows})
         models[-1]["count_seconds"] = round(seconds, 1)
@@ -282,6 +292,12 @@ def _modelled(configs: tuple[tuple[str, int, tuple[int, ...]], ...]) -> list[dic
         ratio = rows[1]["ratio"]["total"]
         print(f"{model_name} b{batch}: {line}; standard/lowcost {ratio:.2f}x ({seconds:.0f} s)")
     return models
+
+
+def _reprice(counts: dict[str, Any], constants: Any) -> float:
+    """Joules of a ``WorkCounts.as_dict()`` under ``constants`` (``sum n_k e_k + e_mem b``)."""
+    compute = sum(n * constants.op_pj(k) for k, n in counts["ops"].items())
+    return 1e-12 * (compute + constants.memory_pj_per_byte * counts["total_bytes"])
 
 
 def _phases(model_name: str, recipe: str, batch: int, shape: tuple[int, ...]) -> dict[str, Any]:
