@@ -294,6 +294,39 @@ def _modelled(configs: tuple[tuple[str, int, tuple[int, ...]], ...]) -> list[dic
     return models
 
 
+#: The paper's proposed method in C++ on a Raspberry Pi 3B+ (method.md §4b): model, batch,
+#: sample shape, seconds per batch, measured whole-board joules per batch.
+PAPER_PI = (("mlp", 200, (1, 28, 28), 0.98, 1.42), ("binarynet", 40, (3, 32, 32), 121.20, 136.53))
+
+
+def _paper_settings(quick: bool) -> list[dict[str, Any]]:
+    """Modelled joules per batch at the paper's batch sizes, beside its measured figures.
+
+    The paper's figures are the whole board's energy for its low-cost method (joules = average
+    power x seconds per batch), so they compare with ``modelled_j["lowcost"]`` only in order
+    of magnitude: the model counts the arithmetic and DRAM traffic, not static power.
+    """
+    from core.energy import count_step, step_energy
+
+    out = []
+    for model_name, batch, shape, seconds, measured in PAPER_PI[: 1 if quick else 2]:
+        modelled = {
+            r: step_energy(count_step(model_name, r, batch, shape)).total_j for r in RECIPES[:2]
+        }
+        out.append(
+            {
+                "model": model_name,
+                "batch": batch,
+                "paper_lowcost_j_per_batch": measured,
+                "paper_seconds_per_batch": seconds,
+                "paper_average_power_w": measured / seconds,
+                "modelled_j": modelled,
+                "modelled_lowcost_share_of_measured": modelled["lowcost"] / measured,
+            }
+        )
+    return out
+
+
 def _reprice(counts: dict[str, Any], constants: Any) -> float:
     """Joules of a ``WorkCounts.as_dict()`` under ``constants`` (``sum n_k e_k + e_mem b``)."""
     compute = sum(n * constants.op_pj(k) for k, n in counts["ops"].items())
@@ -467,6 +500,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             },
         },
         "models": models,
+        "paper_settings": _paper_settings(quick=args.quick),
         "phases": phases,
         "federation30": federation_rounds(mlp_rows, args.out / "federation30.json"),
     }
