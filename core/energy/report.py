@@ -65,7 +65,7 @@ def energy_rows(
 def format_energy_table(rows: list[dict[str, Any]]) -> str:
     """Plain-text table: mJ per step (total, compute, memory), MiB of traffic, ratios."""
     head = (
-        f"{'model':<10} {'batch':>5} {'recipe':<12} {'total mJ':>10} {'compute mJ':>11} "
+        f"{'model':<16} {'batch':>5} {'recipe':<12} {'total mJ':>10} {'compute mJ':>11} "
         f"{'memory mJ':>10} {'traffic MiB':>11} {'std/recipe':>10}"
     )
     lines = [head, "-" * len(head)]
@@ -73,7 +73,7 @@ def format_energy_table(rows: list[dict[str, Any]]) -> str:
         ratio = row["ratio"]
         ratio_text = f"{ratio['total']:.2f}x" if ratio else "-"
         lines.append(
-            f"{row['model']:<10} {row['batch']:>5} {row['recipe']:<12} "
+            f"{row['model']:<16} {row['batch']:>5} {row['recipe']:<12} "
             f"{row['total_j'] * 1e3:>10.2f} {row['compute_j'] * 1e3:>11.2f} "
             f"{row['memory_j'] * 1e3:>10.2f} {row['traffic_bytes'] / 2**20:>11.1f} "
             f"{ratio_text:>10}"
