@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.run_all [--quick]`` runs them all and regenerates ``BENCHMARKS.md`` from
 the JSON files alone (:mod:`benchmarks.report`). Every script calls the product's own code
-(``core.memory``, ``server.sim``, ``server.strategy``); none reimplements what it measures.
+(``core.memory``, ``launch.sim``, ``server.strategy``); none reimplements what it measures.
 """
 
 __all__: list[str] = []

@@ -1,6 +1,6 @@
 """Federation on MNIST: accuracy vs round and vs bytes, 1-bit rules vs float32 FedAvg.
 
-Runs ``bitfed-sim``'s :func:`server.sim.run` (Flower's simulation engine, one CPU per virtual
+Runs ``bitfed-sim``'s :func:`launch.sim.run` (Flower's simulation engine, one CPU per virtual
 client) once per variant and partition, each in a fresh subprocess:
 
 * ``lowcost + mean``: low-memory training, 1-bit updates both ways, example-weighted mean of
@@ -303,7 +303,7 @@ def _variant_keys(text: str) -> list[str]:
 def _worker(cfg_path: str) -> int:
     """Child process: rebuild the config from its flat run config and call bitfed-sim's run."""
     from core.config import from_run_config
-    from server.sim import run
+    from launch.sim import run
 
     run(from_run_config(json.loads(Path(cfg_path).read_text())))
     return 0

@@ -1,8 +1,9 @@
 """Hostile clients: global accuracy of mean, majority and float32 fedavg, clean vs 20 % attackers.
 
 Each run drives the real server (:func:`server.server_app.run_server`, i.e. ``BitFedStrategy``,
-checkpoints and held-out evaluation) over an in-process grid (:class:`server.local_grid.LocalGrid`)
-whose nodes run the real ClientApp handler (:func:`client.client_app.train`). A hostile node
+checkpoints and held-out evaluation) over an in-process grid
+(:class:`benchmarks.local_grid.LocalGrid`)
+whose nodes run the real ClientApp (:data:`client.client_app.app`, mods included). A hostile node
 trains honestly, then sends the *sign-flipped* update:
 
 * sign rules (``mean``, ``majority``): every sign bit of the 1-bit update is inverted (padding
@@ -90,24 +91,23 @@ def honest_handler(run_config: dict[str, Any], node: int, partition: int, num_pa
     """The real ClientApp handler of one node (its own partition, a persistent context)."""
     from flwr.app import Context, RecordDict
 
-    from client.client_app import train
+    from client.client_app import app
 
     node_config = {"partition-id": partition, "num-partitions": num_partitions}
     context = Context(1, node, node_config, RecordDict(), dict(run_config))
-    return lambda msg: train(msg, context)
+    return lambda msg: app(msg, context)
 
 
 def hostile_handler(run_config: dict[str, Any], node: int, partition: int, num_partitions: int):
     """An honest handler whose update is sign-flipped before it is sent (see module docstring)."""
     from flwr.app import Message, RecordDict
 
-    from client import task
-    from client.records import from_record, to_record
-    from core import codec
+    from core import codec, federated
     from core.config import from_run_config
+    from glue.records import from_record, to_record
 
     cfg = from_run_config(run_config)
-    spec = codec.model_spec(task.new_model(cfg, task.load_split(cfg, "test")))
+    spec = codec.model_spec(federated.new_model(cfg, federated.load_split(cfg, "test")))
     honest = honest_handler(run_config, node, partition, num_partitions)
 
     def handle(msg: Message) -> Message:
@@ -149,8 +149,8 @@ def experiment(args: argparse.Namespace, variant: str, run_dir: Path, seed: int)
 
 def run_one(args: argparse.Namespace, variant: str, attackers: int, seed: int) -> dict[str, Any]:
     """One federation with ``attackers`` sign-flipping nodes (partitions ``0..attackers-1``)."""
+    from benchmarks.local_grid import LocalGrid
     from core.config import to_run_config
-    from server.local_grid import LocalGrid
     from server.server_app import run_server
 
     run_dir = WORK_DIR / f"{VARIANTS[variant][1]}-{attackers}-seed{seed}"

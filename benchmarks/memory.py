@@ -1,12 +1,12 @@
 """Memory of one training step per model x batch x recipe: modelled, measured, and the paper's.
 
 For every configuration this calls ``bitfed-memory``'s library: the analytical model of
-method.md §5 (:func:`core.memory.analytical_memory` over :func:`core.memory.trace_model`) and,
+docs/method.md §5 (:func:`core.memory.analytical_memory` over :func:`core.memory.trace_model`) and,
 each recipe in a fresh subprocess with glibc pinned (:func:`core.memory.measure_recipe_isolated`),
 the measured figures of :func:`core.memory.measure_step`: bytes autograd saved for backward,
 state bytes, the whole-step peak of tensors (MemTracker, with its per-category breakdown at the
 peak) and the process high-water mark. Ratios ``standard / recipe`` come from
-:func:`core.cli.memory.compute_ratios` and stand beside the reductions Wang et al. report
+:func:`launch.memory.compute_ratios` and stand beside the reductions Wang et al. report
 (arXiv 2102.04270: MLP 2.78x, CNV 4.17x, BinaryNet 3.71x at batch 100; ResNetE-18 3.78x at
 batch 4096, all *modelled*).
 
@@ -66,8 +66,7 @@ def analytical_only(model_name: str, recipe: str, batch: int) -> dict[str, Any]:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Analytical model for every configuration, measurements for the chosen ones."""
-    from core.cli.memory import compute_ratios
-    from core.memory import measure_recipe_isolated
+    from launch.memory import compute_ratios, measure_recipe_isolated
 
     to_measure = set(QUICK_MEASURED if args.quick else CONFIGS)
     rows, ratios = [], []
@@ -197,7 +196,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="upper center", ncol=6, fontsize=7, frameon=False)
     fig.suptitle(
-        "Where one training step's memory goes (model = method.md §5; measured = "
+        "Where one training step's memory goes (model = docs/method.md §5; measured = "
         "MemTracker at the step's peak)",
         y=0.9,
         fontsize=10,

@@ -135,7 +135,7 @@ def _memory(res: dict[str, Any]) -> Doc:
         )
     doc = [
         "Bytes of one warm training step on CPU (MiB). *Modelled*: the paper-style analytical "
-        "model (method.md §5, `core.memory.analytical_memory`). *Measured peak*: every tensor "
+        "model (docs/method.md §5, `core.memory.analytical_memory`). *Measured peak*: every tensor "
         "alive at the step's high point (weights, gradients, optimizer state, the batch, saved "
         "activations, temporaries), from `torch.distributed._tools.mem_tracker.MemTracker`; "
         "*process peak*: the same step seen as the rise of the process's resident-set "
@@ -297,7 +297,7 @@ def _federation(res: dict[str, Any]) -> Doc:
             ]
         )
     doc = [
-        f"`bitfed-sim` (`server.sim.run`, Flower's simulation engine) on real MNIST with the MLP: "
+        f"`bitfed-sim` (`launch.sim.run`, Flower's simulation engine) on real MNIST with the MLP: "
         f"{cfg['clients']} clients, all sampled every round, {cfg['rounds']} rounds, "
         f"{cfg['max_batches'] or 'one epoch of'} local batches of {cfg['batch_size']} per round, "
         "1 torch thread per client, the clients' learning rate "

@@ -79,8 +79,8 @@ def _reply(node: int, arrays: dict[str, np.ndarray], *, raw: bool):
     from flwr.app import Message, MetricRecord, RecordDict
     from flwr.app.metadata import Metadata
 
-    from client.records import to_record
     from core import codec
+    from glue.records import to_record
 
     meta = Metadata(
         run_id=1,
@@ -143,7 +143,8 @@ def aggregate_once(spec, rule: str, replies: list[Any], *, trace_memory: bool) -
     from flwr.app import ConfigRecord
 
     from core.config import ExperimentConfig, FederationConfig, StrategyConfig
-    from server.strategy import BitFedStrategy, state_to_record
+    from glue.records import state_to_record
+    from server.strategies import build_strategy
 
     k = len(replies)
     cfg = ExperimentConfig(
@@ -154,7 +155,7 @@ def aggregate_once(spec, rule: str, replies: list[Any], *, trace_memory: bool) -
     )
     rng = np.random.default_rng(1)
     global_state = {t.name: rng.standard_normal(t.shape, np.float32) for t in spec.tensors}
-    strategy = BitFedStrategy(cfg, spec, lineage="benchmark")
+    strategy = build_strategy(cfg, spec, lineage="benchmark")
     list(
         strategy.configure_train(
             1,

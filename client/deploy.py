@@ -19,41 +19,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.hydra_entry import fail
+from glue.flower_env import check_address, flower_env, flower_executable
+
 __all__ = [
     "DEFAULT_SUPERNODE_PORT",
-    "FLOWER_ENV",
     "SuperNodeSpec",
-    "check_address",
-    "flower_env",
-    "flower_executable",
     "main",
     "node_config",
-    "superexec_argv",
     "supernode_argv",
 ]
 
 DEFAULT_SUPERNODE_PORT = 9094  # the SuperNode's own Runtime API (for its ClientApp processes)
 ISOLATIONS = ("subprocess", "process")
-
-# Flower hygiene for every process we start: no telemetry, no update check, no `uv sync`.
-FLOWER_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-}
-
-
-def check_address(what: str, address: str) -> None:
-    """Raise ``ValueError`` naming ``what`` unless ``address`` is ``HOST:PORT``."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{what} {address!r} is not HOST:PORT (e.g. 192.168.1.10:8000)")
 
 
 @dataclass(frozen=True)
@@ -135,42 +118,6 @@ def supernode_argv(spec: SuperNodeSpec) -> list[str]:
     return argv
 
 
-def superexec_argv(runtime_address: str, root_certificates: str | None = None) -> list[str]:
-    """Arguments of ``flower-superexec`` serving a Runtime API at ``runtime_address``.
-
-    With ``--isolation process`` the SuperLink (ServerApps) and each SuperNode (ClientApps) need
-    a separate executor; compose runs one per side. The SuperNode's Runtime API is plain HTTP
-    inside its trust zone; the SuperLink's is TLS whenever the SuperLink is (one port).
-    """
-    check_address("runtime API address", runtime_address)
-    tls = ["--root-certificates", root_certificates] if root_certificates else ["--insecure"]
-    return [*tls, "--runtime-api-address", runtime_address]
-
-
-def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Return ``base`` (default: os.environ) with Flower hygiene defaults and its scripts on PATH.
-
-    A SuperLink/SuperNode starts ``flower-superexec`` and the app processes by name, so the
-    folder holding them (beside this interpreter) goes first on ``PATH``.
-    """
-    env = {**FLOWER_ENV, **(os.environ if base is None else base)}
-    scripts = str(Path(flower_executable("flower-superexec")).parent)
-    if scripts not in env.get("PATH", "").split(os.pathsep):
-        env["PATH"] = os.pathsep.join(p for p in (scripts, env.get("PATH")) if p)
-    return env
-
-
-def flower_executable(name: str) -> str:
-    """Path of a Flower console script: beside this interpreter first, then on ``PATH``."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"{name} not found; install bitfed (pip install .) in this env")
-    return found
-
-
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bitfed-client",
@@ -220,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ValueError(f"--data-root {spec.data_root} is not a folder; create it first")
         program = flower_executable("flower-supernode")
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"bitfed-client: {err}")
+        fail("bitfed-client", err)
     if spec.insecure:
         print(
             "bitfed-client: WARNING: --insecure: traffic is NOT encrypted and the node is NOT "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from core.atomic import atomic_write
 
 __all__ = [
     "ClientState",
+    "client_state_dir",
     "sync_replica",
     "state_path",
     "client_identity",
@@ -44,6 +46,21 @@ def client_identity(node_config: dict) -> str:
         "node config has neither client-id nor partition-id; start the SuperNode with "
         '--node-config "client-id=<name>" so its state survives restarts'
     )
+
+
+def client_state_dir(cfg, node_config: dict) -> Path:
+    """Where this device keeps its state.
+
+    First of: node config ``state-dir``; ``federation.state_dir``; ``<output_dir>/client-state``;
+    ``$FLWR_HOME/bitfed-client-state`` (``~/.flwr`` when unset).
+    """
+    if node_config.get("state-dir"):
+        return Path(str(node_config["state-dir"]))
+    if cfg.federation.state_dir:
+        return Path(cfg.federation.state_dir)
+    if cfg.output_dir:
+        return Path(cfg.output_dir) / "client-state"
+    return Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")) / "bitfed-client-state"
 
 
 def state_path(state_dir: Path, identity: str) -> Path:

@@ -59,5 +59,8 @@ def atomic_write(
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON (with a final newline) to ``path`` atomically."""
-    return atomic_write(path, (json.dumps(payload, indent=2) + "\n").encode())
+    """Write ``payload`` as indented JSON (with a final newline) to ``path`` atomically.
+
+    Numbers JSON does not know (numpy scalars) are written as floats.
+    """
+    return atomic_write(path, (json.dumps(payload, indent=2, default=float) + "\n").encode())

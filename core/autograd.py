@@ -1,4 +1,4 @@
-"""The low-cost recipe's autograd Functions: each saves only packed bits (method.md §2).
+"""The low-cost recipe's autograd Functions: each saves only packed bits (docs/method.md §2).
 
 Every Function keeps its backward state in ``ctx.save_for_backward`` (never as a ``ctx``
 attribute, so saved-tensor hooks see all of it) and processes its largest tensors in slices of
@@ -8,7 +8,7 @@ transients stay bounded: a float copy of a whole activation is never made. The f
 (the MLP) in few slices: below it, per-call overhead dominates the step time.
 
 Data input. The first layer (``InputKind.DATA``) accepts the loader's uint8 image codes ``k``
-(meaning ``k / 127.5 - 1``, method.md §3; ``ImageLoader(raw=True)``): it saves the batch itself
+(meaning ``k / 127.5 - 1``, docs/method.md §3; ``ImageLoader(raw=True)``): it saves the batch itself
 as its 1-byte input (no copy), its forward scales slices on the fly or, for binary weights,
 multiplies ``k - 128`` by ``sign(W)`` in exact int8 arithmetic (:func:`_codes_times_signs`), and
 its backward rebuilds float32 columns of ``X`` slice by slice. No float copy of the batch exists.
@@ -43,11 +43,17 @@ ReLUFn            ``x > 0``                                1
 AvgPool2dFn       nothing                                  0
 ================  =======================================  ==========================
 
+Packed weights (``lowcost-bop``): ``weight`` may be the layer's uint8 sign bits, with
+``weight_shape`` the logical shape; rows and column blocks are unpacked to ``+-1`` on the fly
+(never the whole matrix of a dense layer). Such a weight does not require grad, so the layer
+passes ``anchor``, an empty tensor that does, to make autograd record the call even when the
+input does not require grad either (the data layer).
+
 The weight gradient never becomes a dense float tensor: the layer Functions write
 ``sign(G)`` (``G = sign(X)^T dY``) into the layer's packed ``grad_bits`` buffer and return
 ``None`` for the weight (and count the write in the layer's ``grad_count``);
 :class:`core.optim.LowCostAdam` applies ``/sqrt(N)`` and the STE mask
-``|W| <= 1`` (method.md §2b) at step time.
+``|W| <= 1`` (docs/method.md §2b) at step time.
 """
 
 from __future__ import annotations
@@ -64,11 +70,11 @@ from core.functional import (
     abs_at_most_one,
     batch_slices,
     binary_sign,
+    bits_to_signs,
     pack_bits,
     packed_size,
     po2_quantize,
     unpack_bits,
-    unpack_signs,
 )
 
 __all__ = [
@@ -100,7 +106,7 @@ _SIGMA_FLOOR16 = float(torch.tensor(SIGMA_MIN).half())
 
 
 class InputKind:
-    """What a weight layer's input is, hence what it saves for ``dW`` (method.md §2b, §9.7)."""
+    """What a weight layer's input is, hence what it saves for ``dW`` (docs/method.md §2b, §9.7)."""
 
     BINARY = "binary"  # +-1 from a sign activation: 1 bit
     DATA = "data"  # the model's input images in [-1, 1]: uint8 codes when exact, else fp16
@@ -154,8 +160,8 @@ def _abs_max(t: Tensor) -> float:
 def save_data(x: Tensor) -> Tensor:
     """Compact copy of data ``x`` in [-1, 1]: uint8 codes ``k`` when ``x == k*2/255 - 1``.
 
-    Images scaled as ``x / 255 * 2 - 1`` (method.md §3) round-trip through 8-bit codes up to one
-    float32 ulp, so 1 byte per value is exact; anything else is kept as float16. A uint8 batch
+    Images scaled as ``x / 255 * 2 - 1`` (docs/method.md §3) round-trip through 8-bit codes up
+    to one float32 ulp, so 1 byte per value is exact; anything else is kept as float16. A uint8 batch
     already *is* those codes: it is saved as it is (no copy).
     """
     if x.dtype == torch.uint8:
@@ -196,7 +202,7 @@ def _save_input(x: Tensor, kind: str) -> Tensor:
 def _load_input(saved: Tensor, kind: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """Rebuild a batch slice of a layer input from what :func:`_save_input` kept."""
     if kind == InputKind.BINARY:
-        return unpack_signs(saved, math.prod(shape[1:]), dtype).view(shape)
+        return bits_to_signs(saved, math.prod(shape[1:]), dtype).view(shape)
     if kind == InputKind.DATA:
         return load_data(saved, dtype)
     return saved.to(dtype)
@@ -206,12 +212,42 @@ def _load_columns(saved: Tensor, kind: str, cols: slice, dtype: torch.dtype) -> 
     """Columns ``cols`` (start a multiple of 8) of a dense layer's saved ``(B, in)`` input."""
     if kind == InputKind.BINARY:  # (B, in/8) packed -> (B, c)
         packed = saved[:, cols.start // 8 : (cols.stop + 7) // 8]
-        return unpack_signs(packed, cols.stop - cols.start, dtype)
+        return bits_to_signs(packed, cols.stop - cols.start, dtype)
     return load_data(saved[:, cols], dtype) if kind == InputKind.DATA else saved[:, cols].to(dtype)
 
 
-def _weight_operand(weight: Tensor, binary: bool, dtype: torch.dtype) -> Tensor:
+def _weight_operand(
+    weight: Tensor, binary: bool, dtype: torch.dtype, shape: tuple[int, ...] | None = None
+) -> Tensor:
+    """``sign(W)`` (or ``W``) in ``dtype``; rows of packed sign bits need ``shape`` (per row)."""
+    if weight.dtype == torch.uint8:  # packed (lowcost-bop): (rows, ceil(fan_in/8)) -> (rows, ...)
+        row_shape = _row_shape(shape)
+        return bits_to_signs(weight, math.prod(row_shape), dtype).reshape(-1, *row_shape)
     return binary_sign(weight, dtype) if binary else weight.to(dtype)
+
+
+def _row_shape(shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    if shape is None:
+        raise ValueError("packed uint8 weights need weight_shape (the logical weight shape)")
+    return tuple(shape[1:])
+
+
+def _logical_shape(weight: Tensor, shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Shape of the weights ``weight`` stands for: itself, or ``shape`` when packed."""
+    if weight.dtype != torch.uint8:
+        return tuple(weight.shape)
+    _row_shape(shape)
+    return tuple(shape)  # type: ignore[arg-type]
+
+
+def _weight_columns(
+    weight: Tensor, rows: slice, cols: slice, binary: bool, dtype: torch.dtype
+) -> Tensor:
+    """Block ``W_b[rows, cols]`` of a dense layer (``cols.start`` a multiple of 8 if packed)."""
+    if weight.dtype == torch.uint8:
+        packed = weight[rows, cols.start // 8 : (cols.stop + 7) // 8]
+        return bits_to_signs(packed, cols.stop - cols.start, dtype)
+    return _weight_operand(weight[rows, cols], binary, dtype)
 
 
 def _compute_dtype(kind: str, binary_weight: bool) -> torch.dtype:
@@ -229,39 +265,47 @@ def _output_dtype(compute: torch.dtype) -> torch.dtype:
 
 
 def _store_weight_grad(grad_bits: Tensor, rows: slice, g: Tensor) -> None:
-    """Write ``sign(G)`` rows (``G >= 0`` <=> +1, method.md §2b) into the packed buffer."""
+    """Write ``sign(G)`` rows (``G >= 0`` <=> +1, docs/method.md §2b) into the packed buffer."""
     grad_bits[rows] = pack_bits((g >= 0).view(g.shape[0], -1))  # (r, fan_in) -> (r, fan_in/8)
 
 
 # --- forward computations (shared with the layers' no-grad path) -----------------------------
 
 
-def linear_forward(x: Tensor, weight: Tensor, kind: str, binary_weight: bool) -> Tensor:
+def linear_forward(
+    x: Tensor,
+    weight: Tensor,
+    kind: str,
+    binary_weight: bool,
+    weight_shape: tuple[int, ...] | None = None,
+) -> Tensor:
     """``Y = X . W_b^T`` in slices of output rows: ``(B, in) -> (B, out)``.
 
     A uint8 batch (image codes ``k``, ``x = k / 127.5 - 1``) never becomes a float copy: with
     binary weights it goes through :func:`_codes_times_signs` (exact integer products), else
-    batch slices are scaled on the fly.
+    batch slices are scaled on the fly. ``weight`` may be packed sign bits (uint8 ``(out,
+    ceil(in/8))``, ``lowcost-bop``); ``weight_shape`` then gives ``(out, in)``, and each row slice
+    is unpacked to ``+-1`` on the fly.
     """
     cdt = _compute_dtype(kind, binary_weight)
-    out_f, in_f = weight.shape
+    out_f, in_f = _logical_shape(weight, weight_shape)
     y = torch.empty(x.shape[0], out_f, dtype=_output_dtype(cdt))
     if x.dtype == torch.uint8:
         if binary_weight and x.device.type == "cpu":
-            return _codes_times_signs(x, weight, y)
+            return _codes_times_signs(x, weight, y, in_f)
         batch = _slices(x.shape[0], in_f)
         for r in _slices(out_f, in_f):
-            w = _weight_operand(weight[r], binary_weight, cdt)  # (r, in)
+            w = _weight_operand(weight[r], binary_weight, cdt, weight_shape)  # (r, in)
             for s in batch:
                 y[s, r] = load_data(x[s], cdt) @ w.T  # (b, r)
         return y
     xc = x.to(cdt)  # (B, in); +-1 exact in bf16
     for r in _slices(out_f, in_f):
-        y[:, r] = xc @ _weight_operand(weight[r], binary_weight, cdt).T  # (B, r)
+        y[:, r] = xc @ _weight_operand(weight[r], binary_weight, cdt, weight_shape).T  # (B, r)
     return y
 
 
-def _codes_times_signs(codes: Tensor, weight: Tensor, y: Tensor) -> Tensor:
+def _codes_times_signs(codes: Tensor, weight: Tensor, y: Tensor, in_f: int) -> Tensor:
     """``Y = X . sign(W)^T`` for image codes ``k`` (``X = k / 127.5 - 1``) in integer arithmetic.
 
     With ``c = k - 128`` (int8: ``k XOR 0x80`` read as signed) and ``s = sign(W)`` (int8),
@@ -273,11 +317,15 @@ def _codes_times_signs(codes: Tensor, weight: Tensor, y: Tensor) -> Tensor:
     single float32 rounding (the float32 path carries one per product and sum; both then round to
     the fp16 output, which agrees up to one fp16 ulp). Transients: the int8 codes (1 B/value, as
     the uint8 batch) and int8/int32 slices of output rows; no float copy of the batch.
+    ``weight`` may be packed sign bits (``lowcost-bop``; ``in_f`` values per row).
     """
-    out_f, in_f = weight.shape
+    out_f = weight.shape[0]
     centred = (codes ^ 0x80).view(torch.int8)  # (B, in): k - 128 in [-128, 127]
     for r in _slices(out_f, in_f):
-        s = (weight[r] >= 0).to(torch.int8).mul_(2).sub_(1)  # (r, in) +-1
+        if weight.dtype == torch.uint8:  # packed rows -> (r, in) +-1 by table lookup
+            s = bits_to_signs(weight[r], in_f, torch.int8).contiguous()
+        else:
+            s = (weight[r] >= 0).to(torch.int8).mul_(2).sub_(1)  # (r, in) +-1
         acc = torch._int_mm(centred, s.T)  # (B, r) int32, exact
         offset = s.sum(1, dtype=torch.int32).float().mul_(0.5)  # (r,)
         y[:, r] = acc.float().add_(offset).div_(127.5)
@@ -285,15 +333,26 @@ def _codes_times_signs(codes: Tensor, weight: Tensor, y: Tensor) -> Tensor:
 
 
 def conv2d_forward(
-    x: Tensor, weight: Tensor, stride: int, padding: int, kind: str, binary_weight: bool
+    x: Tensor,
+    weight: Tensor,
+    stride: int,
+    padding: int,
+    kind: str,
+    binary_weight: bool,
+    weight_shape: tuple[int, ...] | None = None,
 ) -> Tensor:
-    """``Y = conv2d(X, W_b)`` in batch slices: ``(B, C_in, H, W) -> (B, C_out, H', W')``."""
+    """``Y = conv2d(X, W_b)`` in batch slices: ``(B, C_in, H, W) -> (B, C_out, H', W')``.
+
+    Packed sign-bit weights (uint8 ``(C_out, ceil(C_in k k / 8))``, ``lowcost-bop``) need
+    ``weight_shape`` ``(C_out, C_in, k, k)``; they are unpacked once per call.
+    """
     cdt = _compute_dtype(kind, binary_weight)
-    w = _weight_operand(weight, binary_weight, cdt)
+    shape = _logical_shape(weight, weight_shape)
+    w = _weight_operand(weight, binary_weight, cdt, shape)
     b = x.shape[0]
-    h_out = (x.shape[2] + 2 * padding - weight.shape[2]) // stride + 1
-    w_out = (x.shape[3] + 2 * padding - weight.shape[3]) // stride + 1
-    y = torch.empty(b, weight.shape[0], h_out, w_out, dtype=_output_dtype(cdt))
+    h_out = (x.shape[2] + 2 * padding - shape[2]) // stride + 1
+    w_out = (x.shape[3] + 2 * padding - shape[3]) // stride + 1
+    y = torch.empty(b, shape[0], h_out, w_out, dtype=_output_dtype(cdt))
     for s in _slices(b, max(x[0].numel(), y[0].numel())):  # uint8 codes: scaled per slice
         y[s] = F.conv2d(load_data(x[s], cdt), w, stride=stride, padding=padding)
     return y
@@ -303,7 +362,7 @@ def conv2d_forward(
 
 
 class SignSTEFn(Function):
-    """``q(x) = sign(x)`` (sign(0)=+1); ``dq/dx = 1[|x| <= 1]`` (BinaryNet STE, method.md §2c).
+    """``q(x) = sign(x)`` (sign(0)=+1); ``dq/dx = 1[|x| <= 1]`` (BinaryNet STE, docs/method.md §2c).
 
     Saves the 1-bit mask only (the standard detach trick keeps the float input).
     """
@@ -333,7 +392,7 @@ class SignSTEFn(Function):
 
 
 class BinaryLinearFn(Function):
-    """``Y = X . sign(W)^T`` with a 1-bit saved input and a 1-bit ``dW`` (method.md §2b).
+    """``Y = X . sign(W)^T`` with a 1-bit saved input and a 1-bit ``dW`` (docs/method.md §2b).
 
     Backward, given ``dY`` (quantized to PO2 first when ``po2_bias`` is set)::
 
@@ -356,10 +415,12 @@ class BinaryLinearFn(Function):
         kind: str,
         binary_weight: bool,
         po2_bias: int | None,
+        weight_shape: tuple[int, ...] | None = None,
+        anchor: Tensor | None = None,
     ) -> Tensor:
-        y = linear_forward(x, weight, kind, binary_weight)
+        y = linear_forward(x, weight, kind, binary_weight, weight_shape)
         ctx.kind, ctx.binary_weight, ctx.po2_bias = kind, binary_weight, po2_bias
-        ctx.in_dtype = x.dtype
+        ctx.in_dtype, ctx.weight_shape = x.dtype, _logical_shape(weight, weight_shape)
         ctx.save_for_backward(_save_input(x, kind), weight, grad_bits, grad_count)
         return y
 
@@ -367,7 +428,7 @@ class BinaryLinearFn(Function):
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
         saved, weight, grad_bits, grad_count = ctx.saved_tensors
         cdt = _compute_dtype(ctx.kind, ctx.binary_weight)
-        out_f, in_f = weight.shape
+        out_f, in_f = ctx.weight_shape
         b = gy.shape[0]
         m = float(gy.abs().max()) if ctx.po2_bias is not None else 0.0
         # dY in the compute dtype: a no-op for bf16 layers (dY arrives in bf16); float32 copies
@@ -382,7 +443,7 @@ class BinaryLinearFn(Function):
             for c in _column_slices(r.stop - r.start, in_f, b, floor):  # whole packed bytes
                 # grad-input: dX[:, c] = dY . W_b[:, c]  (data layer: skipped)
                 if gx is not None:
-                    part = g @ _weight_operand(weight[r, c], ctx.binary_weight, cdt)  # (B, c)
+                    part = g @ _weight_columns(weight, r, c, ctx.binary_weight, cdt)  # (B, c)
                     if acc is None:
                         gx[:, c] = part
                     else:
@@ -394,11 +455,11 @@ class BinaryLinearFn(Function):
         if acc is not None:
             gx.copy_(acc)
         grad_count.add_(1)
-        return gx, None, None, None, None, None, None
+        return gx, None, None, None, None, None, None, None, None
 
 
 class BinaryConv2dFn(Function):
-    """``Y = conv2d(X, sign(W))`` with a 1-bit saved input and a 1-bit ``dW`` (method.md §2b).
+    """``Y = conv2d(X, sign(W))`` with a 1-bit saved input and a 1-bit ``dW`` (docs/method.md §2b).
 
     Backward per batch slice, given ``dY`` (PO2-quantized first when ``po2_bias`` is set, with
     one scale for the whole tensor)::
@@ -420,11 +481,13 @@ class BinaryConv2dFn(Function):
         kind: str,
         binary_weight: bool,
         po2_bias: int | None,
+        weight_shape: tuple[int, ...] | None = None,
+        anchor: Tensor | None = None,
     ) -> Tensor:
-        y = conv2d_forward(x, weight, stride, padding, kind, binary_weight)
+        y = conv2d_forward(x, weight, stride, padding, kind, binary_weight, weight_shape)
         ctx.geom = (stride, padding, tuple(x.shape[1:]))
         ctx.kind, ctx.binary_weight, ctx.po2_bias = kind, binary_weight, po2_bias
-        ctx.in_dtype = x.dtype
+        ctx.in_dtype, ctx.weight_shape = x.dtype, _logical_shape(weight, weight_shape)
         ctx.save_for_backward(_save_input(x, kind), weight, grad_bits, grad_count)
         return y
 
@@ -433,16 +496,18 @@ class BinaryConv2dFn(Function):
         saved, weight, grad_bits, grad_count = ctx.saved_tensors
         stride, padding, in_shape = ctx.geom
         cdt = _compute_dtype(ctx.kind, ctx.binary_weight)
-        w = _weight_operand(weight, ctx.binary_weight, cdt)
+        w = _weight_operand(weight, ctx.binary_weight, cdt, ctx.weight_shape)
         b = gy.shape[0]
         m = _abs_max(gy) if ctx.po2_bias is not None else 0.0
         need_gx = ctx.needs_input_grad[0]
         gx = torch.empty(b, *in_shape, dtype=ctx.in_dtype) if need_gx else None
-        acc = torch.zeros(weight.shape, dtype=torch.float32)  # G, (C_out, C_in, k, k)
+        acc = torch.zeros(ctx.weight_shape, dtype=torch.float32)  # G, (C_out, C_in, k, k)
         per = max(math.prod(in_shape), gy[0].numel())
         for s in _slices(b, per):
             n = s.stop - s.start
-            g = _po2(gy[s].float(), ctx.po2_bias, m).to(cdt)  # (n, C_out, H_out, W_out)
+            g = gy[s]  # (n, C_out, H_out, W_out); bf16 dY of a +-1 layer is used as it is
+            if ctx.po2_bias is not None or g.dtype != cdt:
+                g = _po2(g.float(), ctx.po2_bias, m).to(cdt)
             x = _load_input(saved[s], ctx.kind, (n, *in_shape), cdt)  # (n, C_in, H, W)
             gxs, gw, _ = torch.ops.aten.convolution_backward(
                 g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
@@ -454,14 +519,14 @@ class BinaryConv2dFn(Function):
             acc += gw
         _store_weight_grad(grad_bits, slice(None), acc)
         grad_count.add_(1)
-        return gx, None, None, None, None, None, None, None, None
+        return gx, None, None, None, None, None, None, None, None, None, None
 
 
 # --- l1 batch norm -----------------------------------------------------------------------------
 
 
 class L1BatchNormFn(Function):
-    """l1 batch norm without gamma, with a 1-bit backward (method.md §2d).
+    """l1 batch norm without gamma, with a 1-bit backward (docs/method.md §2d).
 
     Per channel ``c`` over the ``N = B*H*W`` values of the *actual* batch (§9 item 3)::
 
@@ -539,12 +604,12 @@ class L1BatchNormFn(Function):
         if low is not None:  # 16-bit arithmetic in place on the unpacked signs: no float copy
             inv16, mean16, neg_gs16 = (v.to(low)[:, None] for v in (inv_sigma, mean_g, -mean_gs))
             for s in slices:  # dy = dout * (1/sigma) - (sign * mean_gs + mean_g)
-                t = unpack_signs(bits[s], length, low).view(gv[s].shape)
+                t = bits_to_signs(bits[s], length, low).view(gv[s].shape)
                 t.mul_(neg_gs16).sub_(mean16).addcmul_(gv[s].to(low), inv16)
                 gy[s] = t
         else:
             for s in slices:  # float32 arithmetic on one slice at a time
-                sign = unpack_signs(bits[s], length).view(gv[s].shape).mul_(mean_gs[:, None])
+                sign = bits_to_signs(bits[s], length).view(gv[s].shape).mul_(mean_gs[:, None])
                 g = torch.mul(gv[s], inv_sigma[:, None])  # a new float32 slice, gout untouched
                 gy[s] = g.sub_(mean_g[:, None]).sub_(sign)
         gbeta = sum_g.to(s_hat.dtype) if ctx.needs_input_grad[1] else None
@@ -575,7 +640,7 @@ def _l1bn_grad_sums(gv: Tensor, bits: Tensor, slices: list[slice]) -> tuple[Tens
         sum_g, sum_gs = torch.zeros(c), torch.zeros(c)
         for s in slices:  # per slice: the reduction's internal buffers stay slice-sized too
             sum_g += gv[s].sum((0, 2))
-            t = unpack_signs(bits[s], length, low).view(gv[s].shape).mul_(gv[s])
+            t = bits_to_signs(bits[s], length, low).view(gv[s].shape).mul_(gv[s])
             sum_gs += t.sum((0, 2))
         if bool(torch.isfinite(sum_g).all()) and bool(torch.isfinite(sum_gs).all()):
             return sum_g, sum_gs
@@ -583,7 +648,7 @@ def _l1bn_grad_sums(gv: Tensor, bits: Tensor, slices: list[slice]) -> tuple[Tens
     for s in slices:
         g = gv[s].float()  # (may be gout itself when it is float32: not modified below)
         sum_g += g.sum((0, 2))
-        sum_gs += unpack_signs(bits[s], length).view(g.shape).mul_(g).sum((0, 2))
+        sum_gs += bits_to_signs(bits[s], length).view(g.shape).mul_(g).sum((0, 2))
     return sum_g, sum_gs
 
 
@@ -595,7 +660,7 @@ class MaxPool2dFn(Function):
 
     The local index ``(dh * k + dw)`` is stored as ``ceil(log2 k^2)`` packed bit-planes (2 bits
     per output for 2x2 pools = 0.5 bit per input; 4 bits for the 3x3/s2 ResNet stem pool = 1 bit
-    per input), the 1-bit argmax state of method.md §2a; backward scatters ``dY`` there.
+    per input), the 1-bit argmax state of docs/method.md §2a; backward scatters ``dY`` there.
     """
 
     @staticmethod

@@ -216,7 +216,9 @@ def pack_signs(x: np.ndarray) -> np.ndarray:
 
 
 def unpack_signs(packed: np.ndarray, n: int) -> np.ndarray:
-    """Inverse of :func:`pack_signs`: ``n`` float32 values in {-1, +1}.
+    """Inverse of :func:`pack_signs`: ``n`` float32 values in {-1, +1} (bit set -> -1).
+
+    The opposite of the training core's in-memory bits (:func:`core.functional.bits_to_signs`).
 
     >>> unpack_signs(np.array([84, 128], dtype=np.uint8), 9).tolist()
     [1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0, 1.0, -1.0]

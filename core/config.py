@@ -15,12 +15,25 @@ import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
+from core.names import (
+    AttackName,
+    DatasetName,
+    LRSchedule,
+    ModelName,
+    PartitionKind,
+    RecipeName,
+    StrategyName,
+    choices,
+)
+
 __all__ = [
     "MODELS",
     "RECIPES",
     "DATASETS",
     "PARTITIONS",
     "STRATEGIES",
+    "LR_SCHEDULES",
+    "ATTACKS",
     "ModelConfig",
     "RecipeConfig",
     "DatasetConfig",
@@ -34,12 +47,14 @@ __all__ = [
     "register_configs",
 ]
 
-MODELS = ("mlp", "cnv", "binarynet", "resnete18", "resnete18-cifar")
-RECIPES = ("standard", "lowcost", "lowcost-po2")
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "svhn")
-PARTITIONS = ("iid", "dirichlet", "shards")
-STRATEGIES = ("mean", "majority", "fedavg")
-LR_SCHEDULES = ("constant", "cosine")
+# Config strings of the enums in core.names (the one list of names), for validation messages.
+MODELS = choices(ModelName)
+RECIPES = choices(RecipeName)
+DATASETS = choices(DatasetName)
+PARTITIONS = choices(PartitionKind)
+STRATEGIES = choices(StrategyName)
+LR_SCHEDULES = choices(LRSchedule)
+ATTACKS = choices(AttackName)
 
 Scalar = int | float | bool | str
 
@@ -57,7 +72,7 @@ def _check_positive(what: str, value: float, *, allow_zero: bool = False) -> Non
 
 @dataclass
 class ModelConfig:
-    """Which network to train (method.md §3)."""
+    """Which network to train (docs/method.md §3)."""
 
     name: str = "mlp"  # mlp | cnv | binarynet | resnete18 | resnete18-cifar
 
@@ -67,11 +82,11 @@ class ModelConfig:
 
 @dataclass
 class RecipeConfig:
-    """How to train it: the paper's baseline or its low-memory method (method.md §1a, §2g)."""
+    """How to train it: the paper's baseline or its low-memory method (docs/method.md §1a, §2g)."""
 
     name: str = "lowcost"  # standard | lowcost | lowcost-po2
-    lr: float = 1e-3  # Adam learning rate (method.md §2f)
-    po2_bias: int = 8  # b_off of the 5-bit power-of-two gradient quantizer (method.md §2e)
+    lr: float = 1e-3  # Adam learning rate (docs/method.md §2f)
+    po2_bias: int = 8  # b_off of the 5-bit power-of-two gradient quantizer (docs/method.md §2e)
 
     def __post_init__(self) -> None:
         _check_choice("recipe", self.name, RECIPES)
@@ -84,7 +99,7 @@ class DatasetConfig:
 
     name: str = "digits"  # digits | mnist | fashion-mnist | cifar10 | svhn
     root: str = ""  # folder holding the dataset's standard files ("" only for digits)
-    augment: bool = False  # CIFAR-10/SVHN shift 0.15 (+ flip for CIFAR-10), method.md §3
+    augment: bool = False  # CIFAR-10/SVHN shift 0.15 (+ flip for CIFAR-10), docs/method.md §3
     svhn_extra: bool = False  # also load SVHN's extra_32x32.mat
 
     def __post_init__(self) -> None:
@@ -114,7 +129,7 @@ class TrainConfig:
     """Local training loop (centralized epochs, or local epochs per federated round)."""
 
     epochs: int = 3  # digits clients hold ~160 examples; the MNIST experiments set 1
-    batch_size: int = 100  # the paper's batch (method.md §2f)
+    batch_size: int = 100  # the paper's batch (docs/method.md §2f)
     max_batches: int = 0  # stop each epoch after this many batches (0 = whole epoch)
     seed: int = 0
     num_threads: int = 0  # torch intra-op threads (0 = torch's default)
@@ -132,15 +147,31 @@ class StrategyConfig:
 
     name: str = "mean"  # mean (scale·sign) | majority (signSGD vote) | fedavg (float32 baseline)
     server_lr: float = 1.0  # multiplies the aggregated update
-    majority_step: float = 1e-3  # per-coordinate step of a majority vote (x server_lr)
+    majority_step: float = 0.0  # majority vote's step: 0 = sized from the round, > 0 = fixed
     error_feedback: bool = True  # clients keep what the sign lost and add it next round
-    max_examples: int = 100_000  # cap on a client's claimed example count (its weight)
+    max_examples: int = 100_000  # absolute cap on a client's claimed example count (its weight)
+    # Bounds on what one reply contributes, relative to the round's robust statistics:
+    scale_clip: float = 2.0  # scale (fedavg: change norm) <= scale_clip x the round's median
+    example_cap: float = 2.0  # weight <= example_cap x the median claimed count (0: uniform)
+    real_band: float = 8.0  # real state within median +- real_band x MAD (spreads: log scale)
+    real_trim: float = 0.2  # real state: trimmed mean dropping this fraction at each end
 
     def __post_init__(self) -> None:
         _check_choice("strategy", self.name, STRATEGIES)
         _check_positive("strategy.server_lr", self.server_lr)
-        _check_positive("strategy.majority_step", self.majority_step)
+        _check_positive("strategy.majority_step", self.majority_step, allow_zero=True)
         _check_positive("strategy.max_examples", self.max_examples)
+        if self.scale_clip < 1.0:
+            raise ValueError(
+                f"strategy.scale_clip must be >= 1 (x the median), got {self.scale_clip}"
+            )
+        if self.example_cap != 0 and self.example_cap < 1.0:
+            raise ValueError(
+                f"strategy.example_cap must be 0 (uniform) or >= 1, got {self.example_cap}"
+            )
+        _check_positive("strategy.real_band", self.real_band)
+        if not 0.0 <= self.real_trim < 0.5:
+            raise ValueError(f"strategy.real_trim must be in [0, 0.5), got {self.real_trim}")
 
 
 @dataclass
@@ -158,9 +189,13 @@ class FederationConfig:
     resume: bool = True  # continue from the last checkpoint when one exists
     lr_schedule: str = "cosine"  # client lr over rounds: cosine | constant (see round_lr)
     lr_final: float = 0.1  # cosine: the last round's lr as a fraction of recipe.lr
+    attack: str = "none"  # what hostile devices do (client.hostile): none | flip | scale | ...
+    attackers: int = 0  # devices with partition-id < attackers are hostile
 
     def __post_init__(self) -> None:
         _check_choice("federation.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("federation.attack", self.attack, ATTACKS)
+        _check_positive("federation.attackers", self.attackers, allow_zero=True)
         if not 0.0 < self.lr_final <= 1.0:
             raise ValueError(f"federation.lr_final must be in (0, 1], got {self.lr_final}")
         _check_positive("federation.num_clients", self.num_clients)
@@ -171,6 +206,11 @@ class FederationConfig:
             raise ValueError(
                 f"federation.clients_per_round ({self.clients_per_round}) exceeds "
                 f"federation.num_clients ({self.num_clients}); lower it or add clients"
+            )
+        if self.attackers > self.num_clients:
+            raise ValueError(
+                f"federation.attackers ({self.attackers}) exceeds federation.num_clients "
+                f"({self.num_clients}); lower it"
             )
         if self.min_clients > self.clients_per_round:
             raise ValueError(

@@ -2,7 +2,7 @@
 
 Everything here is stateless and autograd-free; :mod:`core.autograd` builds the training
 Functions from these pieces (Wang et al., "Enabling Binary Neural Network Training on the Edge",
-arXiv 2102.04270, method.md §2).
+arXiv 2102.04270, docs/method.md §2).
 
 Bit convention (shared with :mod:`core.codec` and ``np.packbits(..., bitorder="big")``): the last
 dimension is packed 8 values per byte, first element in the most significant bit, the last byte
@@ -24,7 +24,7 @@ __all__ = [
     "abs_at_most_one",
     "pack_bits",
     "unpack_bits",
-    "unpack_signs",
+    "bits_to_signs",
     "packed_size",
     "po2_quantize",
     "random_bits",
@@ -39,7 +39,7 @@ _ONE_BITS = {torch.float16: 0x3C00, torch.bfloat16: 0x3F80}  # bit pattern of 1.
 
 
 def abs_at_most_one(x: Tensor) -> Tensor:
-    """``|x| <= 1`` (the STE mask, method.md §2c); on the bit pattern for 16-bit floats.
+    """``|x| <= 1`` (the STE mask, docs/method.md §2c); on the bit pattern for 16-bit floats.
 
     For float16/bfloat16, ``|x| <= 1`` <=> ``bits & 0x7FFF <= bits(1.0)`` (NaN: False), which
     integer ops compute ~4x faster than a float16 ``abs`` and compare on CPU.
@@ -53,7 +53,7 @@ def abs_at_most_one(x: Tensor) -> Tensor:
 def binary_sign(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Deterministic sign with ``sign(0) = +1``: ``q(x) = +1 if x >= 0 else -1``.
 
-    The convention matches the paper's ``sign(x + 1e-16)`` (method.md §2b) and BinaryNet
+    The convention matches the paper's ``sign(x + 1e-16)`` (docs/method.md §2b) and BinaryNet
     (arXiv 1602.02830); zero is never an output, so a binary value always fits one bit.
 
     >>> binary_sign(torch.tensor([-2.0, -0.0, 0.0, 0.5]))
@@ -132,8 +132,12 @@ def _sign_table(dtype: torch.dtype) -> Tensor:
     return table
 
 
-def unpack_signs(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Unpack sign bits (set <=> ``x >= 0``) straight to ``+-1`` values of ``dtype``.
+def bits_to_signs(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Unpack sign bits (set <=> ``x >= 0``, i.e. set bit -> ``+1``) straight to ``+-1``.
+
+    This is the training core's in-memory convention (:func:`pack_bits` of ``x >= 0``); the
+    wire format uses the opposite one (bit set <=> negative, :func:`core.codec.unpack_signs`),
+    hence the different name.
 
     One table lookup per byte (``(256, 8)`` table), 3-4x faster than shifting and masking.
     """
@@ -146,7 +150,7 @@ def unpack_signs(packed: Tensor, n: int, dtype: torch.dtype = torch.float32) -> 
 
 
 def po2_quantize(g: Tensor, bias: int = 8, max_abs: float | None = None) -> Tensor:
-    """5-bit power-of-two quantizer for activation gradients (method.md §2e, per tensor).
+    """5-bit power-of-two quantizer for activation gradients (docs/method.md §2e, per tensor).
 
     With ``M = max|g|`` (or ``max_abs`` when the tensor is processed in chunks)::
 
@@ -183,7 +187,8 @@ def stochastic_round(x: Tensor, dtype: torch.dtype, noise: Tensor) -> Tensor:
     last mantissa bit, then those bits are cut (truncation of the magnitude; the sign bit is
     untouched, so it works for both signs). ``noise`` comes from :func:`random_bits` with 16
     bits (bfloat16) or 13 bits (float16) per element; the noise tensor is consumed (modified in
-    place). This keeps small Adam steps (|Δw| below half an ulp of the fp16 weight, method.md §9
+    place). This keeps small Adam steps (|Δw| below half an ulp of the fp16 weight, docs/method.md
+    §9
     item 5) alive in expectation instead of rounding them away. float16 values in its subnormal
     range (< 6.1e-5) get the ordinary round-to-nearest of their last few bits.
     """

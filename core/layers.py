@@ -1,6 +1,6 @@
 """BNN layers that follow a :class:`~core.recipes.Recipe`: stock autograd or the 1-bit Functions.
 
-Under ``standard`` every layer is what a typical PyTorch user writes (method.md §1a): float32
+Under ``standard`` every layer is what a typical PyTorch user writes (docs/method.md §1a): float32
 latent weights binarized with the detach-trick STE, ``nn.BatchNorm`` with gamma and beta,
 ``nn.MaxPool2d``. Under ``lowcost``/``lowcost-po2`` the same layers call the Functions of
 :mod:`core.autograd`, keep float16 weights and BN state, and binary weight layers own two
@@ -15,6 +15,14 @@ Neither is in ``state_dict`` (they are per-step scratch, not model state). A bac
 overwrites ``grad_bits`` (signs do not accumulate), so gradient accumulation over several
 backwards, or a second backward through one graph, is not supported. With gradients
 disabled (evaluation), the low-cost layers run the same arithmetic without packing anything.
+
+Under ``lowcost-bop`` (:func:`pack_binary_weights_`, called by :func:`core.models.build_model`)
+a binary-weight layer has no latent weights at all: its ``weight`` parameter is replaced by the
+persistent uint8 buffer ``weight_bits`` (``(C_out, ceil(fan_in / 8))``, bit set <=> ``+1``, the
+layout of ``grad_bits``), which the Functions unpack slice by slice, and which
+:class:`core.bop.LowCostBop` flips in place (Helwegen et al., arXiv 1906.02107). ``weight`` is
+then a storage-less ``meta`` tensor that keeps the logical shape (``weight.shape``,
+``weight.numel()``) for code that counts or traces weights.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from core.autograd import (
     linear_forward,
     load_data,
 )
-from core.functional import binary_sign, packed_size
+from core.functional import binary_sign, bits_to_signs, pack_bits, packed_size
 from core.recipes import Recipe
 
 __all__ = [
@@ -54,21 +62,29 @@ __all__ = [
     "AvgPool",
     "LogitsHead",
     "PackedGradLayer",
+    "pack_binary_weights_",
+    "packed_layers",
 ]
+
+
+# An empty tensor that requires grad: packed-weight layers hand it to their Function so that
+# autograd records the call (and runs its backward, which writes grad_bits) even when neither
+# the input (a uint8 batch) nor the weights (uint8 bits) require grad. Its .grad stays None.
+_GRAD_ANCHOR = torch.empty(0, requires_grad=True)
 
 
 def ste_sign(x: Tensor) -> Tensor:
     """Detach-trick sign STE of the standard recipe: ``sign(x)`` forward, ``1[|x|<=1]`` back.
 
     ``clip(x) + stop_gradient(sign(clip(x)) - clip(x))`` as in the authors' baseline
-    (method.md §1a); autograd keeps the float input of ``clamp`` for the backward.
+    (docs/method.md §1a); autograd keeps the float input of ``clamp`` for the backward.
     """
     xc = x.clamp(-1.0, 1.0)
     return xc + (binary_sign(xc) - xc).detach()
 
 
 class SignActivation(nn.Module):
-    """``sign(x)`` with the clipped STE (method.md §2c); 1-bit mask under low-cost recipes."""
+    """``sign(x)`` with the clipped STE (docs/method.md §2c); 1-bit mask under low-cost recipes."""
 
     def __init__(self, recipe: Recipe) -> None:
         super().__init__()
@@ -88,18 +104,64 @@ class PackedGradLayer(nn.Module):
 
     Attributes used by :class:`core.optim.LowCostAdam`: ``weight``, ``grad_bits``,
     ``grad_count`` and ``binary_weight`` (whether the ``|W| <= 1`` STE mask applies).
+    After :meth:`pack_weight_` (``lowcost-bop``): ``weight_bits`` and ``packed_weight``.
     """
 
     weight: nn.Parameter
     binary_weight: bool
     recipe: Recipe
+    packed_weight: bool = False
+
+    def pack_weight_(self) -> None:
+        """Replace the latent ``weight`` by its packed signs ``weight_bits`` (1 bit per weight).
+
+        ``weight_bits[o] = pack(W[o] >= 0)`` (``sign(0) = +1``, as :func:`binary_sign`), so the
+        layer computes exactly what it computed before; ``weight`` becomes a ``meta`` tensor of
+        the same shape (no storage). Only binary-weight layers of a low-cost recipe qualify.
+        """
+        if not (self.recipe.lowcost and self.binary_weight):
+            raise ValueError(
+                f"pack_weight_ needs a binary-weight low-cost layer, got {self._extra()}"
+            )
+        if self.packed_weight:
+            return
+        shape, rows = tuple(self.weight.shape), self.weight.shape[0]
+        bits = pack_bits((self.weight.detach() >= 0).view(rows, -1))  # (C_out, ceil(fan_in/8))
+        del self.weight  # the Parameter leaves _parameters: no optimizer or state_dict sees it
+        self.register_buffer("weight_bits", bits)
+        self.weight = torch.empty(shape, dtype=self.recipe.weight_dtype, device="meta")
+        self.packed_weight = True
+
+    def weight_signs(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Return the binary weights as ``+-1`` of ``dtype`` in the weight's shape (a copy)."""
+        if not self.packed_weight:
+            return binary_sign(self.weight.detach(), dtype)
+        fan_in = self.weight[0].numel()
+        return bits_to_signs(self.weight_bits, fan_in, dtype).reshape(self.weight.shape).clone()
+
+    @torch.no_grad()
+    def load_weight_signs_(self, values: Tensor) -> None:
+        """Set packed weights to ``sign(values)`` (``values >= 0`` <=> ``+1``), in place."""
+        if not self.packed_weight:
+            raise ValueError("load_weight_signs_ needs packed weights (call pack_weight_ first)")
+        if tuple(values.shape) != tuple(self.weight.shape):
+            got, want = tuple(values.shape), tuple(self.weight.shape)
+            raise ValueError(f"values of shape {got} do not fit weight of shape {want}")
+        rows = self.weight.shape[0]
+        self.weight_bits.copy_(pack_bits((values >= 0).reshape(rows, -1)))
+
+    def _weight_args(self) -> tuple[Tensor, tuple[int, ...] | None]:
+        """Return what the Functions get: the fp16 weight, or packed bits and the logical shape."""
+        if self.packed_weight:
+            return self.weight_bits, tuple(self.weight.shape)
+        return self.weight, None
 
     def _setup(self, recipe: Recipe, input_kind: str, binary_weight: bool) -> None:
         if input_kind not in InputKind.ALL:
             raise ValueError(f"unknown input_kind {input_kind!r}; choose one of {InputKind.ALL}")
         self.recipe, self.input_kind, self.binary_weight = recipe, input_kind, binary_weight
         fan_in = self.weight[0].numel()
-        with torch.no_grad():  # W ~ N(0, 1/fan_in) (method.md §2f); stored in the recipe dtype
+        with torch.no_grad():  # W ~ N(0, 1/fan_in) (docs/method.md §2f); stored in the recipe dtype
             self.weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
             if getattr(self, "bias", None) is not None:
                 self.bias.zero_()
@@ -113,7 +175,7 @@ class PackedGradLayer(nn.Module):
         return ste_sign(self.weight) if self.binary_weight else self.weight
 
     def _check_input(self, x: Tensor) -> Tensor:
-        """Accept a uint8 image batch in the data layer (``x / 127.5 - 1``, method.md §3).
+        """Accept a uint8 image batch in the data layer (``x / 127.5 - 1``, docs/method.md §3).
 
         Low-cost recipes keep the codes as they are (the Functions scale them on the fly and
         save them as the layer's 1-byte input); ``standard`` scales them to float32 here, as
@@ -134,7 +196,7 @@ class PackedGradLayer(nn.Module):
 
 
 class BinaryLinear(nn.Linear, PackedGradLayer):
-    """Dense layer ``Y = X . sign(W)^T`` (no bias unless asked; method.md §3).
+    """Dense layer ``Y = X . sign(W)^T`` (no bias unless asked; docs/method.md §3).
 
     Parameters
     ----------
@@ -171,13 +233,15 @@ class BinaryLinear(nn.Linear, PackedGradLayer):
         x = self._check_input(x)
         if not self.recipe.lowcost:
             return F.linear(x, self._weight_for_standard(), self.bias)
+        weight, shape = self._weight_args()
         if torch.is_grad_enabled():
             y = BinaryLinearFn.apply(
-                x, self.weight, self.grad_bits, self.grad_count,
-                self.input_kind, self.binary_weight, self.recipe.po2_bias,
+                x, weight, self.grad_bits, self.grad_count,
+                self.input_kind, self.binary_weight, self.recipe.po2_bias, shape,
+                _GRAD_ANCHOR if self.packed_weight else None,
             )  # fmt: skip
         else:  # evaluation: same arithmetic, nothing packed or saved
-            y = linear_forward(x, self.weight, self.input_kind, self.binary_weight)
+            y = linear_forward(x, weight, self.input_kind, self.binary_weight, shape)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:  # noqa: D102
@@ -185,7 +249,7 @@ class BinaryLinear(nn.Linear, PackedGradLayer):
 
 
 class BinaryConv2d(nn.Conv2d, PackedGradLayer):
-    """3x3 (or k x k) convolution ``Y = conv2d(X, sign(W))``, no bias (method.md §3).
+    """3x3 (or k x k) convolution ``Y = conv2d(X, sign(W))``, no bias (docs/method.md §3).
 
     Parameters are those of :class:`BinaryLinear` plus ``kernel_size``, ``stride`` and
     ``padding`` (``1`` = 'same' for 3x3, ``0`` = 'valid').
@@ -217,13 +281,15 @@ class BinaryConv2d(nn.Conv2d, PackedGradLayer):
         x = self._check_input(x)
         if not self.recipe.lowcost:
             return F.conv2d(x, self._weight_for_standard(), stride=stride, padding=padding)
+        weight, shape = self._weight_args()
         if not torch.is_grad_enabled():  # evaluation: same arithmetic, nothing saved
             return conv2d_forward(
-                x, self.weight, stride, padding, self.input_kind, self.binary_weight
+                x, weight, stride, padding, self.input_kind, self.binary_weight, shape
             )
         return BinaryConv2dFn.apply(
-            x, self.weight, self.grad_bits, self.grad_count, stride, padding,
-            self.input_kind, self.binary_weight, self.recipe.po2_bias,
+            x, weight, self.grad_bits, self.grad_count, stride, padding,
+            self.input_kind, self.binary_weight, self.recipe.po2_bias, shape,
+            _GRAD_ANCHOR if self.packed_weight else None,
         )  # fmt: skip
 
     def extra_repr(self) -> str:  # noqa: D102
@@ -231,7 +297,7 @@ class BinaryConv2d(nn.Conv2d, PackedGradLayer):
 
 
 class L1BatchNorm(nn.Module):
-    """l1 batch norm with beta only (method.md §2d); float16 beta and running statistics.
+    """l1 batch norm with beta only (docs/method.md §2d); float16 beta and running statistics.
 
     Training normalises with the batch's ``mu`` and ``sigma = mean|y - mu|``; eval uses the
     running statistics (momentum 0.1 here = Keras 0.9; init ``mu_r = 0``, ``sigma_r = 1``).
@@ -318,3 +384,20 @@ class LogitsHead(nn.Module):
         if self.recipe.lowcost:
             return ScaledCastFn.apply(x, self.recipe.grad_scale)
         return x
+
+
+def packed_layers(model: nn.Module) -> list[PackedGradLayer]:
+    """List the layers of ``model`` whose binary weights are stored packed (``lowcost-bop``)."""
+    return [m for m in model.modules() if isinstance(m, PackedGradLayer) and m.packed_weight]
+
+
+def pack_binary_weights_(model: nn.Module) -> nn.Module:
+    """Pack the weights of every binary-weight low-cost layer of ``model`` (1 bit each), in place.
+
+    Full-precision layers (``binary_weight=False``: ResNetE's stem, shortcuts and classifier)
+    keep their float16 latent weights. Returns ``model``.
+    """
+    for module in model.modules():
+        if isinstance(module, PackedGradLayer) and module.recipe.lowcost and module.binary_weight:
+            module.pack_weight_()
+    return model

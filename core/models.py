@@ -1,4 +1,4 @@
-"""The paper's networks (method.md §3) and binary ResNetE-18, for any recipe.
+"""The paper's networks (docs/method.md §3) and binary ResNetE-18, for any recipe.
 
 Every model takes float32 images in [-1, 1] of shape ``(B, *in_shape)``, or the uint8 codes
 ``k`` of those images (``x = k / 127.5 - 1``; low-cost models keep them as they are, standard
@@ -10,6 +10,7 @@ shapes.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from core.autograd import InputKind
@@ -20,13 +21,25 @@ from core.layers import (
     BinaryLinear,
     LogitsHead,
     MaxPool,
+    PackedGradLayer,
     ReLU,
     SignActivation,
     batch_norm,
+    pack_binary_weights_,
 )
 from core.recipes import Recipe, from_recipe
 
-__all__ = ["build_model", "MLP", "CNV", "BinaryNet", "ResNetE18", "count_weights"]
+__all__ = [
+    "build_model",
+    "MLP",
+    "CNV",
+    "BinaryNet",
+    "ResNetE18",
+    "count_weights",
+    "float_state",
+    "load_float_state_",
+    "weight_names",
+]
 
 
 def _conv_bn_sign(c_in: int, c_out: int, recipe: Recipe, **conv: object) -> list[nn.Module]:
@@ -213,7 +226,7 @@ def build_model(
     Parameters
     ----------
     name : str
-        Architecture (method.md §3).
+        Architecture (docs/method.md §3).
     recipe : str or Recipe
         ``standard``, ``lowcost``, ``lowcost-po2`` or a :class:`Recipe` from
         :func:`core.recipes.from_recipe` (e.g. with another ``po2_bias``).
@@ -235,11 +248,15 @@ def build_model(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if not in_shape or any(int(d) < 1 for d in in_shape):
         raise ValueError(f"in_shape must be positive sizes like (1, 28, 28), got {in_shape}")
-    return _BUILDERS[name](from_recipe(recipe), num_classes, tuple(int(d) for d in in_shape))
+    rec = from_recipe(recipe)
+    model = _BUILDERS[name](rec, num_classes, tuple(int(d) for d in in_shape))
+    if rec.packed_weights:  # lowcost-bop: same initialisation, then 1 bit per binary weight
+        pack_binary_weights_(model)
+    return model
 
 
 def count_weights(model: nn.Module) -> int:
-    """Count the weights of the model's dense/conv layers (the ``N`` of method.md §5)."""
+    """Count the weights of the model's dense/conv layers (the ``N`` of docs/method.md §5)."""
     layers = (m for m in model.modules() if isinstance(m, BinaryLinear | BinaryConv2d))
     return sum(m.weight.numel() for m in layers)
 
@@ -255,3 +272,65 @@ def _image_shape(in_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     if len(in_shape) != 3:
         raise ValueError(f"{name} needs in_shape (C, H, W), got {in_shape}")
     return in_shape[0], in_shape[1], in_shape[2]
+
+
+def weight_names(model: nn.Module) -> list[str]:
+    """State names of the dense/conv weight tensors (``"<layer>.weight"``), packed ones included."""
+    return [
+        f"{name}.weight" if name else "weight"
+        for name, m in model.named_modules()
+        if isinstance(m, BinaryLinear | BinaryConv2d)
+    ]
+
+
+def float_state(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` with every packed weight shown as its float16 ``+-1`` values.
+
+    Under ``lowcost-bop`` a binary layer's ``"<layer>.weight_bits"`` (uint8) becomes
+    ``"<layer>.weight"`` (float16 ``+-1`` in the weight's shape, a fresh tensor), at the place
+    the weight takes in a ``lowcost`` model's state dict: same names, shapes and order as
+    ``lowcost``, so the federated codec's spec and checkpoints see one kind of model. Other
+    entries are the state dict's own tensors (views of the model's storage); for models
+    without packed weights the result equals ``model.state_dict()``.
+    """
+    packed = {
+        f"{name}.weight_bits" if name else "weight_bits": m
+        for name, m in model.named_modules()
+        if isinstance(m, PackedGradLayer) and m.packed_weight
+    }
+    out: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        layer = packed.get(key)
+        if layer is None:
+            out[key] = value
+        else:
+            out[key.removesuffix("_bits")] = layer.weight_signs(torch.float16)
+    return out
+
+
+@torch.no_grad()
+def load_float_state_(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load a float state (names as :func:`float_state`) into ``model``, in place.
+
+    Packed layers take ``sign(state["<layer>.weight"])`` (``>= 0`` <=> ``+1``), the
+    re-binarization of a real-valued replica (e.g. the federated global model); every other
+    entry is copied into the model's own tensor, cast to its dtype. Missing or extra names
+    raise ``KeyError`` naming them.
+    """
+    target = float_state(model)
+    missing, extra = set(target) - set(state), set(state) - set(target)
+    if missing or extra:
+        raise KeyError(
+            f"state does not match the model: missing {sorted(missing)}, extra {sorted(extra)}"
+        )
+    packed = {
+        f"{name}.weight" if name else "weight": m
+        for name, m in model.named_modules()
+        if isinstance(m, PackedGradLayer) and m.packed_weight
+    }
+    for key, value in state.items():
+        layer = packed.get(key)
+        if layer is not None:
+            layer.load_weight_signs_(torch.as_tensor(value))
+        else:
+            target[key].copy_(torch.as_tensor(value))

@@ -1,6 +1,6 @@
 """Optimizers: stock Adam for ``standard``, :class:`LowCostAdam` for the low-cost recipes.
 
-Choices for float16 state (method.md §9 items 4-5), made here and nowhere else:
+Choices for float16 state (docs/method.md §9 items 4-5), made here and nowhere else:
 
 - **1/sqrt(N) dropped, fp16 moments.** A binary layer's gradient is ``sign(G) * 1[|W|<=1] /
   sqrt(N)`` (§2b). Feeding Adam ``+-1`` (or 0) and ``eps * sqrt(N)`` instead is *exactly* the
@@ -25,18 +25,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from core.functional import batch_slices, stochastic_round_, unpack_signs
+from core.functional import batch_slices, bits_to_signs, stochastic_round_
 from core.layers import PackedGradLayer
 from core.recipes import Recipe, from_recipe
 
+if TYPE_CHECKING:
+    from core.bop import BopConfig
+
 __all__ = ["LowCostAdam", "build_optimizer", "ADAM_EPS"]
 
-ADAM_EPS = 1e-7  # Keras 2.2.4's K.epsilon(), the authors' Adam (method.md §2f)
+ADAM_EPS = 1e-7  # Keras 2.2.4's K.epsilon(), the authors' Adam (docs/method.md §2f)
 
 
 class LowCostAdam(torch.optim.Optimizer):
@@ -48,7 +51,7 @@ class LowCostAdam(torch.optim.Optimizer):
         m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
         W = W - lr * m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps * sqrt(N))
 
-    which equals Adam on ``g / sqrt(N)`` with ``eps`` (method.md §2b, §2f). Other parameters
+    which equals Adam on ``g / sqrt(N)`` with ``eps`` (docs/method.md §2b, §2f). Other parameters
     (dense ``.grad``, scaled by the model's ``grad_scale``) get plain Adam on ``grad /
     grad_scale``. A packed layer is stepped only when its ``grad_count`` changed since the last
     ``zero_grad`` or ``step``, i.e. a backward wrote a new gradient.
@@ -133,7 +136,7 @@ class LowCostAdam(torch.optim.Optimizer):
         v2 = state["exp_avg_sq"].view(rows, fan_in)
         for r in batch_slices(rows, fan_in, self.chunk):
             w = w2[r]
-            g = unpack_signs(bits[r], fan_in, torch.float16)  # (r, fan_in) +-1
+            g = bits_to_signs(bits[r], fan_in, torch.float16)  # (r, fan_in) +-1
             if layer.binary_weight:  # weight STE: frozen beyond +-1 (§9.1); |w| > 1 compared
                 # on the fp16 bit pattern (0x3C00 = 1.0), integer ops being ~3x faster on CPU
                 g.masked_fill_(w.view(torch.int16).bitwise_and(0x7FFF) > 0x3C00, 0.0)
@@ -177,16 +180,20 @@ class LowCostAdam(torch.optim.Optimizer):
 
 
 def build_optimizer(
-    model: nn.Module, recipe: str | Recipe, lr: float = 1e-3
+    model: nn.Module, recipe: str | Recipe, lr: float = 1e-3, *, bop: BopConfig | None = None
 ) -> torch.optim.Optimizer:
     """Make the recipe's optimizer for ``model`` (built with the same recipe).
 
-    ``standard``: ``torch.optim.Adam(lr, eps=1e-7)`` over float32 parameters (method.md §2f).
+    ``standard``: ``torch.optim.Adam(lr, eps=1e-7)`` over float32 parameters (docs/method.md §2f).
     Low-cost recipes: :class:`LowCostAdam` over the fp16 parameters and packed weight gradients.
+    ``lowcost-bop``: :class:`core.bop.LowCostBop` (Bop on the packed binary weights with
+    ``bop``, a :class:`core.bop.BopConfig`, default ``BopConfig()``; LowCostAdam for the rest).
     """
     rec = from_recipe(recipe)
     model_recipe = getattr(model, "recipe", None)
-    if model_recipe is not None and model_recipe.lowcost != rec.lowcost:
+    if model_recipe is not None and (
+        model_recipe.lowcost != rec.lowcost or model_recipe.packed_weights != rec.packed_weights
+    ):
         raise ValueError(
             f"model was built for recipe {model_recipe.short_str()!r} but the optimizer was asked "
             f"for {rec.short_str()!r}; build both with the same recipe"
@@ -199,6 +206,14 @@ def build_optimizer(
     # mask, then two float32 buffers, then one + 16-bit noise) stay ~10 % of the 6 B/weight
     # state (about what backward needs anyway), in few enough slices that per-call overhead
     # stays small
-    n = sum(p.numel() for p in params)
+    n = sum(p.numel() for p in params) + sum(m.weight.numel() for m in packed if m.packed_weight)
     chunk = min(1 << 16, max(1 << 12, n // 16))
-    return LowCostAdam(params, packed, lr=lr, grad_scale=rec.grad_scale, chunk=chunk)
+    if not rec.packed_weights:
+        return LowCostAdam(params, packed, lr=lr, grad_scale=rec.grad_scale, chunk=chunk)
+    from core.bop import LowCostBop  # core.bop builds on this module
+
+    latent = [m for m in packed if not m.packed_weight]
+    bop_layers = [m for m in packed if m.packed_weight]
+    return LowCostBop(
+        params, latent, bop_layers, config=bop, lr=lr, grad_scale=rec.grad_scale, chunk=chunk
+    )

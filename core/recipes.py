@@ -1,6 +1,6 @@
 """Named training recipes: the paper's float32 baseline and its low-memory method.
 
-A :class:`Recipe` fixes every precision choice of one way of training (method.md §1a, §2g);
+A :class:`Recipe` fixes every precision choice of one way of training (docs/method.md §1a, §2g);
 :func:`from_recipe` turns a config name into one. Layers, models and the optimizer read it; no
 other code compares recipe strings.
 """
@@ -8,9 +8,10 @@ other code compares recipe strings.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
+
+from core.names import RecipeName  # the enum of recipe names lives with the other names
 
 __all__ = ["RecipeName", "Recipe", "from_recipe", "LOWCOST_GRAD_SCALE"]
 
@@ -20,18 +21,6 @@ __all__ = ["RecipeName", "Recipe", "from_recipe", "LOWCOST_GRAD_SCALE"]
 # subnormals. Sign-of-gradient updates are scale-free; the optimizer divides dense gradients
 # (BN beta, biases) by it again.
 LOWCOST_GRAD_SCALE = 1024.0
-
-
-class RecipeName(StrEnum):
-    """The three recipes of issue 3."""
-
-    STANDARD = "standard"
-    LOWCOST = "lowcost"
-    LOWCOST_PO2 = "lowcost-po2"
-
-    def short_str(self) -> str:
-        """Name as written in configs."""
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -44,16 +33,20 @@ class Recipe:
         Which recipe this is.
     lowcost : bool
         Use the 1-bit-saving autograd Functions, l1 BN and the packed-gradient optimizer
-        (method.md §2g items 1-5) instead of stock autograd (§1a).
+        (docs/method.md §2g items 1-5) instead of stock autograd (§1a).
     weight_dtype : torch.dtype
         Storage dtype of latent weights and BN parameters/statistics.
     act_dtype : torch.dtype
         Dtype of activations between layers, hence of activation gradients (autograd hands a
         Function gradients in its output's dtype).
     po2_bias : int or None
-        ``b_off`` of the 5-bit power-of-two gradient quantizer (method.md §2e); None = off.
+        ``b_off`` of the 5-bit power-of-two gradient quantizer (docs/method.md §2e); None = off.
     grad_scale : float
         Internal loss-gradient scale (see ``LOWCOST_GRAD_SCALE``); 1 for stock training.
+    packed_weights : bool
+        Latent-free training (``lowcost-bop``): binary-weight layers keep only their packed
+        signs (1 bit per weight) and are trained by Bop (Helwegen et al., arXiv 1906.02107;
+        :mod:`core.bop`); full-precision layers and BN keep fp16 weights and LowCostAdam.
     """
 
     name: RecipeName
@@ -62,6 +55,7 @@ class Recipe:
     act_dtype: torch.dtype
     po2_bias: int | None = None
     grad_scale: float = 1.0
+    packed_weights: bool = False
 
     def short_str(self) -> str:
         """``lowcost-po2(b=6)``-style label for reprs and logs."""
@@ -70,7 +64,9 @@ class Recipe:
 
 
 def from_recipe(name: str | RecipeName | Recipe, *, po2_bias: int = 8) -> Recipe:
-    """Build the :class:`Recipe` called ``name`` (``standard``, ``lowcost``, ``lowcost-po2``).
+    """Build the :class:`Recipe` called ``name`` (``standard``, ``lowcost``, ``lowcost-po2``, ...).
+
+    ``lowcost-bop`` is ``lowcost`` with ``packed_weights`` (latent-free binary layers, Bop).
 
     Parameters
     ----------
@@ -97,4 +93,5 @@ def from_recipe(name: str | RecipeName | Recipe, *, po2_bias: int = 8) -> Recipe
         act_dtype=torch.float16,
         po2_bias=po2_bias if key is RecipeName.LOWCOST_PO2 else None,
         grad_scale=LOWCOST_GRAD_SCALE,
+        packed_weights=key is RecipeName.LOWCOST_BOP,
     )

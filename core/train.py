@@ -53,7 +53,7 @@ def fit(
     max_batches: int = 0,
     progress: Progress = False,
 ) -> FitResult:
-    """Train ``model`` for ``epochs`` passes over ``loader`` (softmax cross-entropy, method.md §2f).
+    """Train ``model`` for ``epochs`` passes over ``loader`` (cross-entropy, docs/method.md §2f).
 
     Parameters
     ----------

@@ -1,21 +1,56 @@
-"""Aggregation rules for 1-bit client updates (pure numpy; the strategy calls these).
+"""Aggregation rules and the bounds that keep one reply from dominating them (pure numpy).
 
-Each rule turns the clients' decoded :class:`core.codec.SignUpdate` s into one dense float32 step
-per weight tensor and one real-valued state; the server then binarizes that step again for the
-downlink (:func:`core.codec.compress`, with its own error-feedback residual).
+The rules turn the clients' decoded :class:`core.codec.SignUpdate` s into one dense float32 step
+per weight tensor (the server then binarizes it again for the downlink, :func:`core.codec.compress`,
+with its own error-feedback residual). Before any rule sees a reply, the strategy bounds every
+magnitude the reply carries relative to the round's robust statistics (docs/method.md §6):
+
+* **scale** of a weight tensor: ``s_ik <- min(s_ik, c * median_i s_ik)`` (:func:`clip_scales`);
+* **weight** (claimed examples): ``n_i <- min(n_i, k * median_i n_i)`` (:func:`cap_examples`);
+* **real-valued state** (batch-norm statistics and shifts, biases): each coordinate clipped into
+  a band around the round's coordinate-wise median (:func:`bound_real`), then aggregated by a
+  coordinate-wise trimmed mean (:func:`trimmed_mean`).
+
+A hostile reply can then move the aggregate no further than an honest reply at the edge of the
+round's honest spread could (Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
+Statistical Rates", arXiv 1803.01498, for the coordinate-wise median and trimmed mean).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from core.codec import ModelSpec, SignUpdate, unpack_signs
+from core.codec import ModelSpec, SignUpdate, TensorSpec, unpack_signs
 
-__all__ = ["mean_of_signs", "majority_vote", "mean_real", "median_real"]
+__all__ = [
+    "POSITIVE_STATE",
+    "is_positive_state",
+    "mean_of_signs",
+    "majority_vote",
+    "vote_steps",
+    "clip_scales",
+    "cap_examples",
+    "bound_real",
+    "trimmed_mean",
+    "robust_real",
+]
+
+#: Name endings of real-valued state that is a spread (a variance or a mean absolute deviation):
+#: positive by construction, so it is bounded on a log scale.
+POSITIVE_STATE = ("running_var", "running_sigma")
+_F16_REL = 2.0**-10  # float16's relative resolution (10 mantissa bits)
+_F16_TINY = 2.0**-14  # float16's smallest normal number
 
 
+def is_positive_state(tensor: TensorSpec) -> bool:
+    """Return whether ``tensor`` is a batch-norm spread (``running_var``/``running_sigma``)."""
+    return tensor.name.endswith(POSITIVE_STATE)
+
+
+# --- rules ---------------------------------------------------------------------------------------
 def mean_of_signs(
     updates: Sequence[SignUpdate], weights: Sequence[float], spec: ModelSpec
 ) -> dict[str, np.ndarray]:
@@ -35,43 +70,139 @@ def mean_of_signs(
 
 
 def majority_vote(
-    updates: Sequence[SignUpdate], spec: ModelSpec, step: float
+    updates: Sequence[SignUpdate], spec: ModelSpec, steps: dict[str, float]
 ) -> dict[str, np.ndarray]:
-    """Vote as signSGD does (majority): ``step * sign(sum_i sign_ik)``, 0 on a tie.
+    """Vote as signSGD does (majority): ``step_k * sign(sum_i sign_ik)``, 0 on a tie.
 
     One vote per client regardless of its example count or scale (Bernstein et al., "signSGD
     with Majority Vote is Communication Efficient and Fault Tolerant", arXiv 1810.05291), which
-    bounds what a minority of hostile clients can do.
+    bounds what a minority of hostile clients can do. ``steps`` holds one step per weight tensor.
     """
     out = {}
     for t in spec.sign:
         votes = np.zeros(t.numel, dtype=np.int32)
         for u in updates:
             votes += unpack_signs(u.signs[t.name], t.numel).astype(np.int32)
-        out[t.name] = (step * np.sign(votes)).astype(np.float32).reshape(t.shape)
+        out[t.name] = (steps[t.name] * np.sign(votes)).astype(np.float32).reshape(t.shape)
     return out
 
 
-def mean_real(
-    updates: Sequence[SignUpdate], weights: Sequence[float], spec: ModelSpec
+def vote_steps(updates: Sequence[SignUpdate], spec: ModelSpec) -> dict[str, float]:
+    """Size a majority vote's step per weight tensor from robust statistics of the round.
+
+    ``step_k = median_i s_ik * mean_j |(1/n) sum_i sign_ikj|``: the median client scale (which
+    follows the clients' learning-rate schedule, since each client's scale is the mean magnitude
+    of its own local change) times the mean vote margin, so the vote moves the tensor as far, in
+    l1, as the unweighted mean of ``median-scale * sign`` would, but every coordinate by the same
+    amount in the majority's direction. A minority of ``f`` clients changes the margin by at
+    most ``f / n`` and cannot move the median past an honest scale.
+    """
+    n = len(updates)
+    out = {}
+    for t in spec.sign:
+        votes = np.zeros(t.numel, dtype=np.int32)
+        for u in updates:
+            votes += unpack_signs(u.signs[t.name], t.numel).astype(np.int32)
+        margin = float(np.mean(np.abs(votes))) / n if t.numel else 0.0
+        out[t.name] = float(np.median([u.scales[t.name] for u in updates])) * margin
+    return out
+
+
+# --- bounds --------------------------------------------------------------------------------------
+def clip_scales(
+    scales: Sequence[dict[str, float]], spec: ModelSpec, clip: float
+) -> tuple[list[dict[str, float]], list[int]]:
+    """Clip each reply's scale per weight tensor to ``clip`` x the round's median scale.
+
+    ``s_ik <- min(s_ik, clip * median_i s_ik)``. Returns the clipped scales and, per reply, how
+    many of its tensors were clipped.
+    """
+    bound = {t.name: clip * float(np.median([s[t.name] for s in scales])) for t in spec.sign}
+    out, counts = [], []
+    for s in scales:
+        over = [t.name for t in spec.sign if s[t.name] > bound[t.name]]
+        out.append({k: min(v, bound[k]) if k in over else v for k, v in s.items()})
+        counts.append(len(over))
+    return out, counts
+
+
+def cap_examples(examples: Sequence[int], cap: float) -> tuple[list[int], list[bool]]:
+    """Cap each reply's weight at ``cap`` x the round's median claimed example count.
+
+    ``n_i <- min(n_i, floor(cap * median_i n_i))`` (at least 1); ``cap = 0`` gives every reply the
+    median count (uniform weights). Returns the weights and which replies were capped.
+    """
+    median = float(np.median(examples))
+    bound = max(1, int(median)) if cap == 0 else max(1, math.floor(cap * median))
+    weights = [bound if cap == 0 else min(n, bound) for n in examples]
+    return weights, [w != n for w, n in zip(weights, examples)]
+
+
+def bound_real(
+    reals: Sequence[dict[str, np.ndarray]], spec: ModelSpec, band: float
+) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+    """Clip each reply's real-valued state into a plausible band around the round's median.
+
+    Per coordinate ``j`` with round median ``m_j`` and median absolute deviation
+    ``d_j = median_i |x_ij - m_j|``, a value is kept within
+    ``m_j +- band * (max(d_j, D) + tol_j)``, with ``D = mean_j d_j`` the tensor's typical
+    spread (a floor: with few replies one coordinate's MAD can be near zero by chance; each
+    ``d_j``, and so ``D``, stays within the honest spread while fewer than half are hostile) and
+    ``tol_j = 2^-10 |m_j| + 2^-14`` (float16's resolution, so equal honest values leave room).
+    A spread (:func:`is_positive_state`: a variance, an l1 deviation) is bounded the same way on
+    a log scale, i.e. within a factor ``exp(band * (max(d_j, D) + 2^-10))`` of the median with
+    ``d_j`` the MAD of ``log x``; a value <= 0, which no honest device can hold, goes to the
+    lower bound. Returns the clipped states (float32) and, per reply, how many values were
+    clipped.
+    """
+    out: list[dict[str, np.ndarray]] = [{} for _ in reals]
+    counts = [0] * len(reals)
+    for t in spec.real:
+        x = np.stack([np.asarray(r[t.name], dtype=np.float32) for r in reals])
+        if is_positive_state(t):
+            y = np.log(np.maximum(x, _F16_TINY**2))
+            lo, hi = _band(y, band, tol=np.full(y.shape[1:], _F16_REL, np.float32))
+            clipped = np.exp(np.clip(y, lo, hi)).astype(np.float32)
+            bad = (x <= 0) | (y < lo) | (y > hi)
+        else:
+            m = np.median(x, axis=0)
+            lo, hi = _band(x, band, tol=_F16_REL * np.abs(m) + _F16_TINY)
+            clipped = np.clip(x, lo, hi).astype(np.float32)
+            bad = (x < lo) | (x > hi)
+        clipped = np.where(bad, clipped, x)  # values inside the band stay bit-exact
+        for i in range(len(reals)):
+            out[i][t.name] = clipped[i]
+            counts[i] += int(bad[i].sum())
+    return out, counts
+
+
+def _band(x: np.ndarray, band: float, tol: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``median +- band * (max(MAD, mean MAD) + tol)`` along axis 0."""
+    m = np.median(x, axis=0)
+    d = np.median(np.abs(x - m), axis=0)
+    half = band * (np.maximum(d, np.mean(d)) + tol)
+    return m - half, m + half
+
+
+def trimmed_mean(x: np.ndarray, trim: float) -> np.ndarray:
+    """Coordinate-wise trimmed mean along axis 0 (Yin et al., arXiv 1803.01498).
+
+    Drops the ``b = min(ceil(trim * n), (n - 1) // 2)`` largest and smallest values of each
+    coordinate and averages the rest: ``trim = 0.2`` and ``n = 10`` drop 2 each side; ``n = 3``
+    gives the median; ``trim = 0`` the mean.
+    """
+    n = x.shape[0]
+    b = min(math.ceil(trim * n - 1e-9), (n - 1) // 2)
+    if b <= 0:
+        return x.mean(axis=0)
+    return np.sort(x, axis=0)[b : n - b].mean(axis=0)
+
+
+def robust_real(
+    reals: Sequence[dict[str, np.ndarray]], spec: ModelSpec, trim: float
 ) -> dict[str, np.ndarray]:
-    """Example-weighted mean of the float16 real-valued state, computed in float32."""
-    total = float(sum(weights))
+    """Coordinate-wise trimmed mean (:func:`trimmed_mean`) of each real-valued tensor, float32."""
     return {
-        t.name: sum(
-            (w / total) * u.real[t.name].astype(np.float32) for u, w in zip(updates, weights)
-        )
-        .astype(np.float16)
-        .astype(np.float32)
-        for t in spec.real
-    }
-
-
-def median_real(updates: Sequence[SignUpdate], spec: ModelSpec) -> dict[str, np.ndarray]:
-    """Coordinate-wise median of the real-valued state (robust companion of the majority vote)."""
-    return {
-        t.name: np.median(np.stack([u.real[t.name].astype(np.float32) for u in updates]), axis=0)
-        .astype(np.float16)
-        .astype(np.float32)
+        t.name: trimmed_mean(np.stack([np.asarray(r[t.name], np.float32) for r in reals]), trim)
         for t in spec.real
     }

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import socket
@@ -43,15 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from client.deploy import (
-    FLOWER_ENV,
-    check_address,
-    flower_env,
-    flower_executable,
-    superexec_argv,
-)
 from core.atomic import atomic_write
 from core.config import ExperimentConfig, to_run_config
+from core.hydra_entry import APP_DIR, CONF_DIR, compose_config, fail
+from glue.flower_env import check_address, flower_env, flower_executable, superexec_argv
 from server.certs import generate_server_credentials
 
 __all__ = [
@@ -74,7 +68,7 @@ __all__ = [
 
 CONNECTION = "bitfed"  # the [superlink.<name>] entry in the private config.toml
 DEFAULT_PORT = 8000  # Flower's SuperLink port
-ROOT = Path(__file__).resolve().parents[1]  # the project: pyproject.toml, conf/
+ROOT = APP_DIR  # the project: pyproject.toml, conf/
 ISOLATIONS = ("subprocess", "process")
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 
@@ -195,29 +189,9 @@ def write_connection(flwr_home: Path, address: str, root_certificates: str | Non
     return path
 
 
-def compose_experiment(
-    overrides: Sequence[str], config_dir: Path = ROOT / "conf"
-) -> ExperimentConfig:
-    """Compose ``conf/config.yaml`` with Hydra ``overrides`` into an :class:`ExperimentConfig`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from core.config import register_configs
-
-    if not (config_dir / "config.yaml").is_file():
-        raise ValueError(f"no Hydra config at {config_dir}/config.yaml; pass --config-dir")
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base=None):
-            cfg = OmegaConf.to_object(compose(config_name="config", overrides=list(overrides)))
-    except Exception as err:  # Hydra/OmegaConf errors share no base class; keep one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"bad config or override ({' '.join(overrides)}): {first}") from err
-    if not isinstance(cfg, ExperimentConfig):
-        raise ValueError(f"{config_dir}/config.yaml does not compose to an ExperimentConfig")
-    return cfg
+def compose_experiment(overrides: Sequence[str], config_dir: Path = CONF_DIR) -> ExperimentConfig:
+    """Compose ``conf/config.yaml`` with Hydra ``overrides`` (one-line ``ValueError`` if bad)."""
+    return compose_config(overrides, config_dir)
 
 
 def deployment_run_config(cfg: ExperimentConfig, layout: ServerLayout | None) -> dict[str, Any]:
@@ -249,10 +223,6 @@ def write_run_config(run_config: dict[str, Any], path: Path) -> Path:
     lines = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in sorted(run_config.items())]
     atomic_write(path, ("\n".join(lines) + "\n").encode())
     return path
-
-
-def _flower_env(flwr_home: Path) -> dict[str, str]:
-    return {**flower_env({**os.environ, **FLOWER_ENV}), "FLWR_HOME": str(flwr_home.resolve())}
 
 
 def _flwr(args: Sequence[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
@@ -419,7 +389,7 @@ def print_results(run_dir: Path) -> None:
 
     Also writes its ``rounds.csv`` and ``rounds.png`` beside ``metrics.json`` in ``run_dir``.
     """
-    from server.sim import format_table, summary, write_outputs
+    from server.report import format_table, summary, write_outputs
 
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
@@ -480,7 +450,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--isolation", choices=ISOLATIONS, default="subprocess")
     parser.add_argument("--app", type=Path, default=ROOT, help="the Flower app to run")
-    parser.add_argument("--config-dir", type=Path, default=ROOT / "conf", help="Hydra conf/")
+    parser.add_argument("--config-dir", type=Path, default=CONF_DIR, help="Hydra conf/")
     parser.add_argument(
         "--connect",
         metavar="HOST:PORT",
@@ -523,7 +493,7 @@ class _Server:
             isolation=args.isolation,
         )
         self.address = args.connect or cli_address(self.spec)
-        self.env = _flower_env(self.layout.flwr_home)
+        self.env = flower_env(home=self.layout.flwr_home)
         self.link: subprocess.Popen | None = None
 
     def prepare(self) -> None:
@@ -664,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if cfg is None:
             sys.exit(server.serve())
         if not args.connect:  # the ServerApp runs here: give it a known, absolute run folder
-            from server.server_app import run_folder
+            from core.runs import run_folder
 
             cfg.output_dir = str(run_folder(cfg).resolve())
         run_config = deployment_run_config(cfg, None if args.connect else server.layout)
@@ -680,8 +650,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             server.close()
             print_results(Path(cfg.output_dir))
         sys.exit(code)
-    except (ValueError, RuntimeError, FileNotFoundError, FileExistsError) as err:
-        sys.exit(f"bitfed-server: {err}")
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        fail("bitfed-server", err)
+    except RuntimeError as err:
+        fail("bitfed-server", err, status=1)
     except KeyboardInterrupt:
         sys.exit(130)
     finally:

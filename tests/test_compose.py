@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client.deploy import SuperNodeSpec, superexec_argv, supernode_argv
+from client.deploy import SuperNodeSpec, supernode_argv
+from glue.flower_env import superexec_argv
 from server.deploy import SuperLinkSpec, TlsFiles, _parse, superlink_argv
 
 ROOT = Path(__file__).resolve().parents[1]

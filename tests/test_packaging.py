@@ -46,8 +46,10 @@ def test_console_scripts_resolve() -> None:
 
 
 def test_wheel_lists_packages_explicitly() -> None:
-    assert PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == [
-        "core",
-        "client",
-        "server",
-    ]
+    """Every top-level package is listed, and the Flower bundle carries all but the launchers."""
+    packages = PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    assert packages == ["core", "glue", "client", "server", "launch"]
+    on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "benchmarks"}
+    assert set(packages) == on_disk
+    fab = PYPROJECT["tool"]["flwr"]["app"]["fab-include"]
+    assert {pattern.split("/")[0] for pattern in fab} == {"core", "glue", "client", "server", "conf"}

@@ -1,6 +1,6 @@
 """Datasets, mini-batch loading, download and federated partitions (no Flower here).
 
-Images stay uint8 in memory and are scaled to [-1, 1] per batch (method.md §3). The embedded
+Images stay uint8 in memory and are scaled to [-1, 1] per batch (docs/method.md §3). The embedded
 default ``digits`` ships with scikit-learn, so a run works offline with no data folder.
 """
 

@@ -13,7 +13,7 @@ __all__ = ["ImageDataset"]
 class ImageDataset:
     """Images and labels of one split, in memory, uncompressed but never float.
 
-    Scaling to [-1, 1] (``x/255*2-1``, method.md §3) happens per batch in
+    Scaling to [-1, 1] (``x/255*2-1``, docs/method.md §3) happens per batch in
     :class:`core.data.ImageLoader`, so a client holds 1 byte per pixel instead of 4.
 
     Attributes

@@ -13,14 +13,14 @@ from core.data.errors import DataError
 __all__ = ["ImageLoader", "SHIFT_FRACTION", "scale_to_unit", "shift_flip", "flip_for"]
 
 SHIFT_FRACTION = (
-    0.15  # Keras width/height_shift_range of the paper's CIFAR/SVHN runs (method.md §3)
+    0.15  # Keras width/height_shift_range of the paper's CIFAR/SVHN runs (docs/method.md §3)
 )
 
 
 def flip_for(name: str) -> bool:
     """Return whether horizontal flips are a valid augmentation for dataset ``name``.
 
-    Only CIFAR-10 (method.md §3); mirrored digits (MNIST, digits, SVHN) and clothes with text
+    Only CIFAR-10 (docs/method.md §3); mirrored digits (MNIST, digits, SVHN) and clothes with text
     are different images.
 
     >>> flip_for("cifar10"), flip_for("svhn")
@@ -30,7 +30,7 @@ def flip_for(name: str) -> bool:
 
 
 def scale_to_unit(images: np.ndarray) -> torch.Tensor:
-    """Map uint8 pixels to float32 in [-1, 1]: ``x / 255 * 2 - 1`` (method.md §3).
+    """Map uint8 pixels to float32 in [-1, 1]: ``x / 255 * 2 - 1`` (docs/method.md §3).
 
     >>> scale_to_unit(np.array([0, 255], dtype=np.uint8)).tolist()
     [-1.0, 1.0]
@@ -92,7 +92,7 @@ class ImageLoader:
     indices
         Which examples to use (a client's partition); ``None`` = all.
     batch_size
-        Examples per batch (the paper uses 100, method.md §2f).
+        Examples per batch (the paper uses 100, docs/method.md §2f).
     shuffle
         New random order each epoch; otherwise ``indices`` order.
     seed
@@ -102,7 +102,7 @@ class ImageLoader:
     flip
         Horizontal flips as part of ``augment`` (False for SVHN).
     drop_last
-        Skip a final partial batch (l1 batch norm divides by a fixed N, method.md §9.3).
+        Skip a final partial batch (l1 batch norm divides by a fixed N, docs/method.md §9.3).
     raw
         Yield the uint8 pixel codes ``k`` themselves instead of float32 ``k / 127.5 - 1``: a
         quarter of the bytes. Models built with a low-cost recipe take them as they are (their
@@ -128,7 +128,7 @@ class ImageLoader:
         shuffle: bool = True,
         seed: int = 0,
         augment: bool = False,
-        flip: bool = True,
+        flip: bool = False,
         drop_last: bool = False,
         raw: bool = False,
     ) -> None:

@@ -2,7 +2,7 @@
 
 ``train_32x32.mat`` (73,257), ``test_32x32.mat`` (26,032) and the optional ``extra_32x32.mat``
 (531,131) each hold ``X``: uint8 (32, 32, 3, N) and ``y``: (N, 1) with labels 1..10, where 10
-stands for the digit 0. The paper trains on train + extra (604,388 images, method.md §3).
+stands for the digit 0. The paper trains on train + extra (604,388 images, docs/method.md §3).
 """
 
 from __future__ import annotations

@@ -5,15 +5,14 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
-from client import task
-from client.client_app import train
-from client.records import RAW_STYPE, from_record, wire_bytes
+from client.client_app import app
 from client.state import ClientState, state_path
-from core import codec
+from core import codec, federated
 from core.codec import model_spec
 from core.config import from_run_config
-from server.server_app import float32_wire_bytes
-from server.strategy import BitFedStrategy, record_to_state, state_to_record
+from glue.records import RAW_STYPE, from_record, record_to_state, state_to_record, wire_bytes
+from server.recorder import float32_wire_bytes
+from server.strategies import build_strategy
 
 RUN_CONFIG = {
     "federation.num_clients": 2,
@@ -48,11 +47,11 @@ def fed(tmp_path):
     """A real strategy and model, the run config, and a way to run one round on both nodes."""
     run_config = RUN_CONFIG | {"output_dir": str(tmp_path)}
     cfg = from_run_config(run_config)
-    test = task.load_split(cfg, "test")
-    spec = model_spec(task.new_model(cfg, test))
-    model = task.new_model(cfg, test)
-    state = task.state_of(model, spec)
-    strategy = BitFedStrategy(cfg, spec, lineage="lin0")
+    test = federated.load_split(cfg, "test")
+    spec = model_spec(federated.new_model(cfg, test))
+    model = federated.new_model(cfg, test)
+    state = federated.state_of(model, spec)
+    strategy = build_strategy(cfg, spec, lineage="lin0")
 
     class Fed:
         def __init__(self):
@@ -69,7 +68,7 @@ def fed(tmp_path):
             )
 
         def reply(self, msg):
-            return _as_reply(train(msg, self.contexts[msg.metadata.dst_node_id]), msg)
+            return _as_reply(app(msg, self.contexts[msg.metadata.dst_node_id]), msg)
 
         def round(self, server_round):
             replies = [self.reply(m) for m in self.send(server_round)]
@@ -110,7 +109,7 @@ def test_reply_contains_only_signs_scales_float16_state_and_metrics(fed):
         assert (arr.dtype, arr.shape[0]) == expected[key]
         assert len(arr.data) == arr.shape[0] * np.dtype(arr.dtype).itemsize
     # no float tensor of data size: the float payload is per-channel state and one scale a tensor
-    ds = task.load_split(fed.cfg, "train")
+    ds = federated.load_split(fed.cfg, "train")
     pixels_per_client = ds.images[0].size * len(ds.labels) // 2
     float_elems = spec.real_numel + len(spec.sign)
     assert float_elems < 0.02 * spec.sign_numel and float_elems < pixels_per_client / 10
@@ -123,11 +122,20 @@ def test_reply_contains_only_signs_scales_float16_state_and_metrics(fed):
 
 
 def test_error_feedback_residual_and_replica_are_persisted(fed):
-    fed.round(1)
+    """What was sent plus the kept residual is exactly the local change (nothing is lost):
+    with ``delta = scale * sign + residual`` and ``scale = mean |delta|`` (docs/method.md §10)."""
+    replies = fed.round(1)
     saved = ClientState.load(fed.path(101), "lin0")
     assert saved is not None and saved.version == 0 and saved.residual is not None
-    t = fed.spec.sign[0]
-    assert saved.residual[t.name].shape == t.shape and np.abs(saved.residual[t.name]).sum() > 0
+    reply = next(r for r in replies if r.metadata.src_node_id == 101)
+    update = codec.decode_update(from_record(reply.content[codec.ARRAYS], 1 << 30), fed.spec)
+    sent = update.dense(fed.spec)
+    for t in fed.spec.sign:
+        delta = sent[t.name] + saved.residual[t.name]  # the client's local change
+        assert saved.residual[t.name].shape == t.shape
+        np.testing.assert_allclose(np.abs(delta).mean(), update.scales[t.name], rtol=1e-4)
+        moved = np.abs(delta) > 1e-6
+        assert np.array_equal(np.sign(delta[moved]), np.sign(sent[t.name][moved]))
 
 
 def test_delta_downlink_keeps_replica_equal_to_global(fed):
@@ -157,20 +165,28 @@ def test_client_without_replica_asks_for_the_full_model(fed):
 def test_fedavg_baseline_sends_float32_state(tmp_path, monkeypatch):
     run_config = RUN_CONFIG | {"output_dir": str(tmp_path), "strategy.name": "fedavg"}
     cfg = from_run_config(run_config)
-    test = task.load_split(cfg, "test")
-    model = task.new_model(cfg, test)
+    test = federated.load_split(cfg, "test")
+    model = federated.new_model(cfg, test)
     spec = model_spec(model)
-    strategy = BitFedStrategy(cfg, spec, lineage="x")
+    strategy = build_strategy(cfg, spec, lineage="x")
     msgs = list(
         strategy.configure_train(
-            1, state_to_record(task.state_of(model, spec)), ConfigRecord(), FakeGrid()
+            1, state_to_record(federated.state_of(model, spec)), ConfigRecord(), FakeGrid()
         )
     )
     assert msgs[0].content[codec.CONFIG][codec.PAYLOAD] == codec.FLOAT32
     ctx = Context(1, 101, {"partition-id": 0, "num-partitions": 2}, RecordDict(), run_config)
-    reply = train(msgs[0], ctx)
+    reply = app(msgs[0], ctx)
     got = from_record(reply.content[codec.ARRAYS], spec.float32_bytes)
     assert set(got) == {t.name for t in spec.tensors}
     assert all(v.dtype == np.float32 for v in got.values())
     assert not (tmp_path / "client-state").exists()  # nothing to keep for the baseline
-    assert torch.get_num_threads() >= 1
+
+
+def test_client_applies_train_num_threads(fed):
+    torch.set_num_threads(2)
+    try:
+        fed.reply(fed.send(1)[0])
+        assert torch.get_num_threads() == 1  # RUN_CONFIG's train.num_threads
+    finally:
+        torch.set_num_threads(1)

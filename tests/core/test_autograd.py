@@ -1,4 +1,4 @@
-"""The low-cost Functions against naive references restated in the test (method.md §2)."""
+"""The low-cost Functions against naive references restated in the test (docs/method.md §2)."""
 
 import math
 
@@ -192,7 +192,7 @@ class TestBinaryConv2d:
 
 
 def l1bn_reference(y, beta, gout):
-    """method.md §2d in numpy: forward with fp16 mu/sigma, the authors' 1-bit backward."""
+    """docs/method.md §2d in numpy: forward with fp16 mu/sigma, the authors' 1-bit backward."""
     axes = (0,) + tuple(range(2, y.ndim))
     shape = (1, -1) + (1,) * (y.ndim - 2)
     n = y.size / y.shape[1]

@@ -16,7 +16,6 @@ from flwr.app import Array, ArrayRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.records import RAW_STYPE, from_record, to_record
 from core import codec
 from core.codec import (
     CodecError,
@@ -31,6 +30,7 @@ from core.codec import (
     encode_update,
     validate_update,
 )
+from glue.records import RAW_STYPE, from_record, to_record
 
 # Odd sizes so every sign tensor has padding bits: 15 -> 2 bytes, 7 -> 1 byte, 9 -> 2 bytes.
 SPEC = ModelSpec(
@@ -207,11 +207,11 @@ def test_valid_payloads_round_trip_through_flower_records(seed, kind):
 
 def test_an_absurd_claim_costs_nothing_on_a_real_model():
     """A reply claiming 2**40 floats, against the real digits MLP: refused, nothing allocated."""
-    from client import task
+    from core import federated
     from core.config import ExperimentConfig, TrainConfig
 
     cfg = ExperimentConfig(train=TrainConfig(num_threads=1))
-    spec = codec.model_spec(task.new_model(cfg, task.load_split(cfg, "test")))
+    spec = codec.model_spec(federated.new_model(cfg, federated.load_split(cfg, "test")))
     header = {"descr": "<f4", "fortran_order": False, "shape": (2**40,)}
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, header)

@@ -45,8 +45,11 @@ def test_experiment_is_a_diff() -> None:
     ],
 )
 def test_bad_values_get_one_line_errors(override: str, message: str) -> None:
-    with pytest.raises(Exception, match=message):
-        _compose([override])
+    from core.hydra_entry import compose_config
+
+    with pytest.raises(ValueError, match=message) as info:
+        compose_config([override])
+    assert "\n" not in str(info.value)
 
 
 def test_run_config_round_trip() -> None:

@@ -9,13 +9,13 @@ import torch
 from core.functional import (
     batch_slices,
     binary_sign,
+    bits_to_signs,
     pack_bits,
     packed_size,
     po2_quantize,
     random_bits,
     stochastic_round,
     unpack_bits,
-    unpack_signs,
 )
 
 
@@ -50,7 +50,7 @@ class TestPacking:
         assert packed.shape == (3, packed_size(n)) == (3, math.ceil(n / 8))
         np.testing.assert_array_equal(packed.numpy(), np.packbits(bits.numpy(), axis=-1))
         assert torch.equal(unpack_bits(packed, n), bits)
-        signs = unpack_signs(packed, n, torch.float16)
+        signs = bits_to_signs(packed, n, torch.float16)
         assert torch.equal(signs, torch.where(bits, 1.0, -1.0).half())
 
     def test_padding_bits_are_zero(self):
@@ -61,11 +61,11 @@ class TestPacking:
         with pytest.raises(ValueError, match="does not hold 17 bits"):
             unpack_bits(torch.zeros(2, dtype=torch.uint8), 17)
         with pytest.raises(ValueError, match="does not hold"):
-            unpack_signs(torch.zeros(2, dtype=torch.uint8), 17)
+            bits_to_signs(torch.zeros(2, dtype=torch.uint8), 17)
 
 
 def po2_reference(g: np.ndarray, bias: int) -> np.ndarray:
-    """method.md §2e restated in numpy (float64)."""
+    """docs/method.md §2e restated in numpy (float64)."""
     m = np.abs(g).max()
     b = -np.round(np.log2(m)) + bias
     with np.errstate(divide="ignore"):
@@ -95,7 +95,7 @@ class TestPO2:
         g = torch.logspace(-12, 0, 400, base=2.0)
         q = po2_quantize(g, 8)
         assert len(torch.unique(q)) <= 16
-        assert float(q.max()) == 0.5  # b_off = 8 halves the maximum (method.md §2e)
+        assert float(q.max()) == 0.5  # b_off = 8 halves the maximum (docs/method.md §2e)
         assert float(po2_quantize(g, 6).max()) == 1.0
 
     def test_all_zero_tensor_is_unchanged(self):

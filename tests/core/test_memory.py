@@ -24,7 +24,7 @@ from core.memory import (
 REPO = Path(__file__).resolve().parents[2]
 MIB = 2**20
 
-# Per-sample shapes of the paper's models, written out by hand from method.md §3.
+# Per-sample shapes of the paper's models, written out by hand from docs/method.md §3.
 MLP = ModelShape(
     weights=(784 * 256, 256 * 256, 256 * 256, 256 * 256, 256 * 10),
     inputs=(784, 256, 256, 256, 256),
@@ -89,7 +89,7 @@ BINARYNET = ModelShape(
 
 
 def cnv_standin() -> nn.Module:
-    """CNV of method.md §3 from stock modules (pool after the activation, valid padding)."""
+    """CNV of docs/method.md §3 from stock modules (pool after the activation, valid padding)."""
 
     def block(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
         layers = [nn.Conv2d(c_in, c_out, 3, bias=False), nn.BatchNorm2d(c_out), nn.Hardtanh()]

@@ -47,16 +47,23 @@ def test_one_training_step(name, recipe):
 
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("name", MODELS)
-def test_forward_in_train_and_eval_mode(name, recipe):
+def test_train_mode_uses_batch_statistics_and_eval_mode_does_not(name, recipe):
+    """Train mode normalizes with the batch's statistics (a sample's output depends on the
+    others in its batch); eval mode with the running ones (each sample on its own)."""
     torch.manual_seed(0)
     model = build_model(name, recipe, num_classes=7, in_shape=SHAPES[name])
-    x = torch.rand(2, *SHAPES[name]) * 2 - 1
+    x = torch.rand(3, *SHAPES[name]) * 2 - 1
+    other = x.clone()
+    other[1:] = torch.rand(2, *SHAPES[name]) * 2 - 1  # same first sample, different batchmates
     with torch.no_grad():
-        train_out = model(x)
+        train_a, train_b = model(x), model(other)
         model.eval()
-        eval_out = model(x)
-    for out in (train_out, eval_out):
-        assert out.shape == (2, 7) and out.dtype == torch.float32 and out.isfinite().all()
+        eval_a, eval_b, alone = model(x), model(other), model(x[:1])
+    for out in (train_a, eval_a):
+        assert out.shape == (3, 7) and out.dtype == torch.float32 and out.isfinite().all()
+    assert not torch.equal(train_a[0], train_b[0])
+    torch.testing.assert_close(eval_a[0], eval_b[0])
+    torch.testing.assert_close(eval_a[:1], alone)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +75,7 @@ def test_forward_in_train_and_eval_mode(name, recipe):
     ],
 )
 def test_paper_weight_counts(name, shape, weights):
-    assert count_weights(build_model(name, "lowcost", 10, shape)) == weights  # method.md §3
+    assert count_weights(build_model(name, "lowcost", 10, shape)) == weights  # docs/method.md §3
 
 
 def test_resnete18_layout():

@@ -1,4 +1,4 @@
-"""LowCostAdam against Adam restated in numpy on the paper's 1-bit gradient (method.md §2b, §2f)."""
+"""LowCostAdam against Adam restated in numpy on the 1-bit gradient (docs/method.md §2b, §2f)."""
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class TestPackedStep:
         w = w0.copy()
         grads = []
         for s in signs:
-            # method.md §2b: dW = sign(G) / sqrt(N) * 1[|W| <= 1], with W before the step
+            # docs/method.md §2b: dW = sign(G) / sqrt(N) * 1[|W| <= 1], with W before the step
             grads.append(s.double().numpy() / np.sqrt(n) * (np.abs(w) <= 1))
             w = adam_reference(w0, grads, 1e-2)
         for s in signs:

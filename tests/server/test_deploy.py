@@ -126,14 +126,14 @@ class TestSuperNodeCommand:
         )  # fmt: skip
         assert " ".join(printed[1:]) == " ".join(supernode_argv(spec))
 
-    def test_cli_missing_certificate_exits_with_one_line(self, tmp_path) -> None:
+    def test_cli_missing_certificate_exits_with_one_line(self, tmp_path, capsys) -> None:
         with pytest.raises(SystemExit) as err:
             client_main(["--superlink", "h:1", "--data-root", str(tmp_path),
                          "--root-certificates", str(tmp_path / "nope.crt")])  # fmt: skip
-        assert (
-            str(err.value)
-            == f"bitfed-client: --root-certificates {tmp_path}/nope.crt: no such file"
-        )
+        assert err.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"bitfed-client: error: --root-certificates {tmp_path}/nope.crt: no such file"
+        ]
 
 
 # ----------------------------------------------------------------------------- credentials
@@ -188,9 +188,10 @@ def test_bad_override_is_one_line(tmp_path) -> None:
          "federation.bogus=1"],
         capture_output=True, text=True, timeout=60, env={**os.environ, **FLOWER_ENV},
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("bitfed-server: bad config or override") and "bogus" in last
+    assert last.startswith("bitfed-server: error: bad config or override") and "bogus" in last
+    assert "+federation.bogus" not in last  # not Hydra's advice to append the key
     assert "LOCAL DEVELOPMENT ONLY" in result.stderr  # --insecure says so loudly
 
 
@@ -199,7 +200,7 @@ def test_missing_certificates_name_the_fix(tmp_path) -> None:
         [str(BIN / "bitfed-server"), "--state-dir", str(tmp_path), "--port", str(free_port())],
         capture_output=True, text=True, timeout=60, env={**os.environ, **FLOWER_ENV},
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "python -m server.certs" in result.stderr and "--insecure" in result.stderr
 
 
@@ -213,9 +214,9 @@ def test_port_in_use_is_one_line(tmp_path) -> None:
              "--port", str(port), "--state-dir", str(tmp_path)],
             capture_output=True, text=True, timeout=60, env={**os.environ, **FLOWER_ENV},
         )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"bitfed-server: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        f"bitfed-server: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
         "stop what uses it or pick another --port"
     )
 

@@ -1,19 +1,20 @@
 """Faults in an in-process federation: the real ServerApp and ClientApp, misbehaving nodes.
 
 Every run goes through :func:`server.server_app.run_server` (strategy, checkpoints, held-out
-evaluation) over :class:`server.local_grid.LocalGrid`, whose nodes call the real ClientApp
+evaluation) over :class:`benchmarks.local_grid.LocalGrid`, whose nodes call the real ClientApp
 handler; chosen nodes crash, hang past the round timeout, send malformed payloads, lie about
 their example count or send sign-flipped updates.
 """
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from benchmarks.hostile import flip_signs, honest_handler
-from client.records import from_record, to_record
+from benchmarks.local_grid import LocalGrid
 from core import codec
 from core.config import (
     ExperimentConfig,
@@ -22,8 +23,8 @@ from core.config import (
     TrainConfig,
     to_run_config,
 )
+from glue.records import from_record, to_record
 from server.checkpoint import Checkpoint
-from server.local_grid import LocalGrid
 from server.server_app import run_server
 
 SPEC_BOUND = 1 << 24  # generous byte bound for decoding a reply inside a test handler
@@ -126,14 +127,25 @@ def rounds_of(metrics):
     return {r["round"]: r for r in metrics["rounds"]}
 
 
+def run_untrained(grid, cfg):
+    """A run in which no round produced an update fails (RunFailed), yet keeps metrics.json."""
+    import json
+
+    from core.runs import RunFailed
+
+    with pytest.raises(RunFailed, match="no round produced an update"):
+        run_server(grid, cfg)
+    return json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+
+
 def test_faulty_nodes_are_dropped_and_the_round_completes(tmp_path, flwr_log, release):
     nodes = {1: "honest", 2: "honest", 3: "crash", 4: "hang", 5: "nan", 6: "version"}
     nodes |= {7: "huge", 8: "dtype", 9: "keys", 10: "flip"}
     cfg = config(tmp_path, len(nodes), min_clients=3, round_timeout=6.0)
-    from client import task
+    from core import federated
     from core.codec import model_spec
 
-    spec = model_spec(task.new_model(cfg, task.load_split(cfg, "test")))
+    spec = model_spec(federated.new_model(cfg, federated.load_split(cfg, "test")))
     make = {
         "honest": lambda n: honest(cfg, n),
         "crash": lambda n: crash,
@@ -169,12 +181,16 @@ def test_faulty_nodes_are_dropped_and_the_round_completes(tmp_path, flwr_log, re
 def test_too_few_replies_skip_the_round_and_keep_the_model(tmp_path, flwr_log):
     cfg = config(tmp_path, 3, rounds=2, min_clients=2)
     grid = LocalGrid({1: honest(cfg, 1), 2: crash, 3: crash})
-    metrics = run_server(grid, cfg)
+    metrics = run_untrained(grid, cfg)
     rows = rounds_of(metrics)
     assert rows[1]["skipped"] == 1 and rows[2]["skipped"] == 1 and rows[2]["version"] == 0
     assert rows[2]["accuracy"] == rows[0]["accuracy"]  # the global model never moved
     assert (
-        sum("skipped: 1 valid replies, fewer than federation.min_clients=2" in m for m in flwr_log)
+        sum(
+            "skipped: 1 valid replies (3 sampled: 2 failed, 0 rejected, 0 silent), fewer than "
+            "federation.min_clients=2" in m
+            for m in flwr_log
+        )
         == 2
     )
     ckpt = Checkpoint.load(tmp_path / "run")
@@ -187,7 +203,7 @@ def test_node_wait_deadline_gives_up_with_seen_and_needed(tmp_path, flwr_log):
     cfg = config(tmp_path, 4, min_clients=2, node_wait_timeout=1.0)
     grid = LocalGrid({1: honest(cfg, 1)})  # 1 of the 4 nodes ever connects
     t0 = time.monotonic()
-    metrics = run_server(grid, cfg)
+    metrics = run_untrained(grid, cfg)
     assert time.monotonic() - t0 < 30
     assert any("gave up waiting for nodes after 1 s: saw 1, needed 4" in m for m in flwr_log)
     assert rounds_of(metrics)[1]["skipped"] == 1 and rounds_of(metrics)[1]["sampled"] == 0

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from benchmarks.hostile import honest_handler
+from benchmarks.local_grid import LocalGrid
 from client.state import ClientState, state_path
 from core.config import (
     ExperimentConfig,
@@ -24,7 +25,6 @@ from core.config import (
     to_run_config,
 )
 from server.checkpoint import Checkpoint
-from server.local_grid import LocalGrid
 from server.server_app import run_server
 
 
@@ -93,7 +93,7 @@ def _sim(out, rounds, log):
     args = [
         sys.executable,
         "-c",
-        "from server.sim import main; main()",
+        "from launch.sim import main; main()",
         f"output_dir={out}",
         "federation.num_clients=2",
         "federation.clients_per_round=2",

@@ -7,11 +7,11 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
 
-from client.records import from_record, to_record
 from core import codec
 from core.codec import ModelSpec, TensorSpec
 from core.config import ExperimentConfig, FederationConfig, StrategyConfig
-from server.strategy import BitFedStrategy, record_to_state, state_to_record
+from glue.records import from_record, record_to_state, state_to_record, to_record
+from server.strategies import build_strategy
 
 SPEC = ModelSpec((TensorSpec("w", (4,), "sign"), TensorSpec("bn", (2,), "real")))
 GLOBAL = {"w": np.array([1.0, 2.0, 3.0, 4.0], np.float32), "bn": np.zeros(2, np.float32)}
@@ -72,7 +72,7 @@ def strategy(rule="mean", min_clients=2, max_examples=100_000, **fed):
             num_clients=3, clients_per_round=3, min_clients=min_clients, **fed
         ),
     )
-    s = BitFedStrategy(cfg, SPEC, lineage="abc")
+    s = build_strategy(cfg, SPEC, lineage="abc")
     list(s.configure_train(1, state_to_record(GLOBAL), ConfigRecord(), FakeGrid(LITERAL)))
     return s
 
@@ -87,9 +87,9 @@ def test_mean_rule_hand_computed():
     # weights 0.1, 0.3, 0.6: step = [0.2, -0.4, 0.1, -0.2]; downlink scale mean|step| = 0.225
     new = record_to_state(arrays)
     np.testing.assert_allclose(new["w"], [1.225, 1.775, 3.225, 3.775], rtol=1e-6)
-    np.testing.assert_allclose(new["bn"], [4.0, 5.0])
+    np.testing.assert_allclose(new["bn"], [3.0, 4.0])  # trimmed mean of 3 = the median
     np.testing.assert_allclose(s.residual["w"], [-0.025, -0.175, -0.125, 0.025], atol=1e-6)
-    assert s.version == 1 and metrics["valid"] == 3
+    assert s.version == 1 and metrics["valid"] == 3 and metrics["clipped"] == 0
 
 
 def test_majority_rule_hand_computed():
@@ -97,7 +97,7 @@ def test_majority_rule_hand_computed():
     arrays, _ = s.aggregate_train(1, literal_replies())
     new = record_to_state(arrays)
     np.testing.assert_allclose(new["w"], [1.001, 1.999, 2.999, 3.999], rtol=1e-6)
-    np.testing.assert_allclose(new["bn"], [3.0, 4.0])  # coordinate-wise median
+    np.testing.assert_allclose(new["bn"], [3.0, 4.0])  # trimmed mean of 3 = the median
 
 
 def test_downlink_delta_reproduces_new_global_exactly():
@@ -107,7 +107,7 @@ def test_downlink_delta_reproduces_new_global_exactly():
     replica = GLOBAL["w"] + delta.dense(SPEC)["w"]
     assert np.array_equal(replica, record_to_state(arrays)["w"])
     # the nodes that replied now get the delta, a newcomer the full model
-    assert s._payload_for(11) == codec.DELTA and s._payload_for(99) == codec.FULL
+    assert s.payload_for(11) == codec.DELTA and s.payload_for(99) == codec.FULL
 
 
 def test_fedavg_rule_is_weighted_float32_mean():
@@ -181,3 +181,27 @@ def test_configure_train_payloads():
     assert kinds == {11: codec.DELTA, 12: codec.DELTA, 99: codec.FULL}
     conf = msgs[0].content[codec.CONFIG]
     assert conf[codec.VERSION] == 1 and conf[codec.BASE_VERSION] == 0
+
+
+def test_a_round_short_of_nodes_waits_once_not_every_round():
+    """flwr run's default of 2 simulated nodes against 3 asked: wait once, then go ahead."""
+    cfg = ExperimentConfig(
+        federation=FederationConfig(
+            num_clients=3, clients_per_round=3, min_clients=2, node_wait_timeout=0.5
+        )
+    )
+    s = build_strategy(cfg, SPEC, lineage="abc")
+    grid = FakeGrid([11, 12])
+    t0 = time.monotonic()
+    assert sorted(s.sample(grid, 1)) == [11, 12]
+    first = time.monotonic() - t0
+    t0 = time.monotonic()
+    assert sorted(s.sample(grid, 2)) == [11, 12]
+    second = time.monotonic() - t0
+    assert first >= 0.5 and second < 0.25
+    grid.nodes = [11, 12, 13]  # the third node came back: sampling asks for all three again
+    assert sorted(s.sample(grid, 3)) == [11, 12, 13]
+    grid.nodes = [11, 12]
+    t0 = time.monotonic()
+    s.sample(grid, 4)
+    assert time.monotonic() - t0 >= 0.5

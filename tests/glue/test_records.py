@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
-from client.records import RAW_STYPE, from_record, to_record, wire_bytes
 from core.codec import CodecError
+from glue.records import RAW_STYPE, from_record, to_record, wire_bytes
 
 
 def test_raw_round_trip_and_wire_bytes():

@@ -4,11 +4,10 @@ import sys
 import numpy as np
 import pytest
 
-from core.cli.data import main
 from core.config import PartitionConfig
 from core.data.stats import format_stats, partition_stats, save_stats_png
-
-from .conftest import write_mnist
+from launch.data import main
+from tests.core.data.conftest import write_mnist
 
 
 def test_partition_stats_prints_table_and_png(tmp_path, capsys):
@@ -95,7 +94,7 @@ def test_download_unreachable_exit_2(tmp_path, capsys):
 
 def test_console_script_runs():
     proc = subprocess.run(
-        [sys.executable, "-m", "core.cli.data", "partition-stats", "--clients", "0"],
+        [sys.executable, "-m", "launch.data", "partition-stats", "--clients", "0"],
         capture_output=True,
         text=True,
         timeout=120,

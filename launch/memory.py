@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from typing import Any, NoReturn
 
 import torch
 
 from core.config import MODELS, RECIPES
-from core.memory import (
-    GAP_TOLERANCE,
-    default_in_shape,
-    measure_recipe,
-    measure_recipe_isolated,
-)
+from core.memory import GAP_TOLERANCE, MALLOC_ENV, default_in_shape, measure_recipe
 
-__all__ = ["main", "compute_ratios", "format_table"]
+__all__ = ["main", "compute_ratios", "format_table", "measure_recipe_isolated"]
 
 _MIB = 2**20
 
@@ -49,7 +46,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _OneLineParser(
         prog="bitfed-memory",
         description="Measure the memory of one BNN training step per recipe (each in a fresh "
-        "subprocess) beside the paper-style analytical model (method.md §5).",
+        "subprocess) beside the paper-style analytical model (docs/method.md §5).",
     )
     parser.add_argument("--model", required=True, help=f"one of {', '.join(MODELS)}")
     parser.add_argument("--batch-size", type=int, required=True)
@@ -188,6 +185,81 @@ def format_table(report: dict[str, Any]) -> str:
             f"{100 * GAP_TOLERANCE:.0f}% (memory outside tensors: kernel scratch, allocator)"
         )
     return "\n".join(lines)
+
+
+def measure_recipe_isolated(
+    model_name: str,
+    recipe: str,
+    batch_size: int,
+    *,
+    in_shape: tuple[int, ...] | None = None,
+    num_classes: int = 10,
+    steps: int = 5,
+    threads: int = 0,
+    device: str = "cpu",
+    po2_bias: int = 8,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run :func:`measure_recipe` in fresh Python processes: memory, then time.
+
+    The memory phase runs with :data:`MALLOC_ENV` (so the process high-water mark follows the
+    tensors); the ``steps`` timed steps run in a second fresh process with stock glibc settings,
+    as an application would run. Each child is ``python -m launch.memory --worker ...`` and
+    prints one JSON object; the result is :func:`measure_recipe`'s, with the second process's
+    ``step_seconds``.
+
+    Raises
+    ------
+    RuntimeError
+        With the child's last error line when it fails or times out.
+    """
+    args = [
+        "--model",
+        model_name,
+        "--recipes",
+        recipe,
+        "--batch-size",
+        str(batch_size),
+        "--num-classes",
+        str(num_classes),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+        "--device",
+        device,
+        "--po2-bias",
+        str(po2_bias),
+    ]
+    if in_shape:
+        args += ["--in-shape", ",".join(str(d) for d in in_shape)]
+    what = f"{model_name}/{recipe} at batch {batch_size}"
+    result = _run_worker([*args, "--phase", "memory"], MALLOC_ENV, what, timeout)
+    if steps:
+        timing = _run_worker([*args, "--phase", "time"], {}, what, timeout)
+        result["step_seconds"] = result["measured"]["step_seconds"] = timing["step_seconds"]
+        result["measured"]["step_seconds_all"] = timing["step_seconds_all"]
+        result["measured"]["steps_timed"] = len(timing["step_seconds_all"])
+    return result
+
+
+def _run_worker(
+    args: list[str], malloc_env: dict[str, str], what: str, timeout: float | None
+) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    env.update(malloc_env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "launch.memory", "--worker", *args]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"measuring {what} took over {timeout:.0f} s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit status {done.returncode}"
+        raise RuntimeError(f"measuring {what} failed: {why}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _worker(args: argparse.Namespace) -> None:

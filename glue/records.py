@@ -1,4 +1,4 @@
-"""Flower glue for the wire format of :mod:`core.codec`, shared by the ClientApp and the ServerApp.
+"""Flower records <-> the numpy arrays of :mod:`core.codec`, for the ClientApp and the ServerApp.
 
 ``core.codec`` speaks ``dict[str, np.ndarray]``; Flower speaks ``ArrayRecord``. Sign updates and
 full models travel as raw bytes (``stype="bitfed.raw"``, no ``.npy`` header); the float32
@@ -18,7 +18,14 @@ from flwr.app import Array, ArrayRecord
 
 from core.codec import CodecError
 
-__all__ = ["RAW_STYPE", "to_record", "from_record", "wire_bytes"]
+__all__ = [
+    "RAW_STYPE",
+    "to_record",
+    "from_record",
+    "wire_bytes",
+    "state_to_record",
+    "record_to_state",
+]
 
 RAW_STYPE = "bitfed.raw"  # raw little-endian bytes of a 1-D array, dtype in _RAW_DTYPES
 _NUMPY_STYPE = "numpy.ndarray"
@@ -119,3 +126,15 @@ def wire_bytes(obj: Any) -> int:
         return len(o.deflate()) + sum(walk(c) for c in (o.children or {}).values())
 
     return walk(obj)
+
+
+def state_to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
+    """Wrap a model state in Flower's float32 ``ArrayRecord`` (what ``Strategy.start`` carries)."""
+    return ArrayRecord(
+        {k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
+    )
+
+
+def record_to_state(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Inverse of :func:`state_to_record`, for the server's own records (trusted input only)."""
+    return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in record.items()}

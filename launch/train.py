@@ -2,7 +2,7 @@
 
 ``bitfed-train [model=cnv] [recipe=standard] [dataset=mnist dataset.root=DIR] [train.epochs=10]``
 
-A thin ``@hydra.main`` over the repository's ``conf/`` turns the composed config into an
+A thin Hydra entry (:func:`core.hydra_entry.hydra_command`) turns the composed config into an
 :class:`core.config.ExperimentConfig` (which validates it) and calls :func:`run`, a plain function
 that tests and benchmarks call directly. :func:`run` trains on the dataset's train split,
 evaluates on its test split after every epoch, prints one line per epoch, and writes
@@ -17,30 +17,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from core.atomic import atomic_write_json
-from core.config import ExperimentConfig, register_configs
+from core.config import ExperimentConfig
+from core.hydra_entry import CONF_DIR, hydra_command
 from core.memory import process_peak_rss_bytes, reset_process_peak
+from core.runs import run_folder
 
 __all__ = ["CONF_DIR", "run", "main"]
-
-#: The repository's Hydra configs (this file is ``<repo>/core/cli/train.py``).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def _output_dir(cfg: ExperimentConfig) -> Path:
-    if cfg.output_dir:
-        return Path(cfg.output_dir)
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # not under @hydra.main: mirror Hydra's layout
-        return Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
 
 
 def _progress(epoch: int, epochs: int, num_batches: int) -> Callable[[dict[str, Any]], None]:
@@ -75,37 +62,31 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     ValueError
         When the model cannot be built for this dataset.
     """
-    from core import build_model, build_optimizer, evaluate, fit, from_recipe
-    from core.data import ImageLoader, load_dataset
+    from core.data import load_dataset
+    from core.experiment import (
+        EVAL_BATCH,
+        build_model_for,
+        build_optimizer_for,
+        eval_loader,
+        set_threads,
+        train_loader,
+    )
+    from core.train import evaluate, fit
 
     reset_process_peak()
     started = time.perf_counter()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    set_threads(cfg)
     ds = cfg.dataset
     train_set = load_dataset(ds.name, ds.root, "train", svhn_extra=ds.svhn_extra)
     test_set = load_dataset(ds.name, ds.root, "test")
     in_shape = tuple(train_set.images.shape[1:])
 
-    torch.manual_seed(cfg.seed)
-    recipe = from_recipe(cfg.recipe.name, po2_bias=cfg.recipe.po2_bias)
-    model = build_model(cfg.model.name, recipe, train_set.num_classes, in_shape)
-    optimizer = build_optimizer(model, recipe, lr=cfg.recipe.lr)
-    batch = cfg.train.batch_size
-    train_loader = ImageLoader(
-        train_set,
-        batch_size=batch,
-        shuffle=True,
-        seed=cfg.train.seed,
-        augment=ds.augment,
-        drop_last=len(train_set) % batch == 1,  # a 1-example batch has no batch statistics
-        raw=recipe.lowcost,  # low-cost models take the uint8 codes as they are (issue 3)
-    )
-    test_loader = ImageLoader(
-        test_set, batch_size=max(batch, 500), shuffle=False, raw=recipe.lowcost
-    )
-    out_dir = _output_dir(cfg)
-    num_batches = len(train_loader)
+    model = build_model_for(cfg, in_shape, train_set.num_classes)
+    optimizer = build_optimizer_for(cfg, model)
+    train_batches = train_loader(cfg, train_set, seed=cfg.train.seed)
+    test_batches = eval_loader(cfg, test_set, max(cfg.train.batch_size, EVAL_BATCH))
+    out_dir = run_folder(cfg)
+    num_batches = len(train_batches)
     if cfg.train.max_batches:
         num_batches = min(num_batches, cfg.train.max_batches)
     num_params = sum(p.numel() for p in model.parameters())
@@ -120,10 +101,10 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     for epoch in range(1, cfg.train.epochs + 1):
         progress = _progress(epoch, cfg.train.epochs, num_batches)
         result = fit(
-            model, optimizer, train_loader, epochs=1, max_batches=cfg.train.max_batches,
+            model, optimizer, train_batches, epochs=1, max_batches=cfg.train.max_batches,
             progress=progress,
         )  # fmt: skip
-        test = evaluate(model, test_loader)
+        test = evaluate(model, test_batches)
         history.append(
             {
                 "epoch": epoch,
@@ -174,65 +155,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     return metrics
 
 
-def _fail(err: BaseException) -> None:
-    message = " ".join(str(err).split()) or type(err).__name__
-    print(f"bitfed-train: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def _task(cfg: Any) -> None:
-    """Hydra task: validate the composed config, then :func:`run` it (bad input: one line)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from core.data import DataError
-
-    try:
-        experiment = OmegaConf.to_object(cfg)
-    except (ValueError, OmegaConfBaseException) as err:
-        _fail(getattr(err, "__cause__", None) or err)
-    try:
-        run(experiment)
-    except (DataError, ValueError, FileNotFoundError, FloatingPointError) as err:
-        _fail(err)
-
-
-def main() -> None:
-    """Run ``bitfed-train`` (Hydra command line: ``bitfed-train key=value ...``)."""
-    import hydra
-
-    if not (CONF_DIR / "config.yaml").is_file():
-        print(
-            f"bitfed-train: error: no Hydra configs at {CONF_DIR}; run it from an (editable) "
-            "checkout of the repository (pip install -e .)",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
-    register_configs()
-    _check_overrides(sys.argv[1:])
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)()
-
-
-def _check_overrides(argv: list[str]) -> None:
-    """Compose once up front so a bad override is reported in one line, not Hydra's block.
-
-    Only plain ``key=value`` overrides are checked; Hydra's own flags (``--cfg``, ``-m``,
-    ``--help``, ...) go straight to Hydra.
-    """
-    if not argv or any(arg.startswith("-") for arg in argv):
-        return
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose(config_name="config", overrides=argv)
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
-        text = str(err).split("Config search path")[0].replace("Available options", "; options")
-        if err.__cause__ is not None:  # e.g. "Value 'abc' ... could not be converted to Integer"
-            text += ": " + str(err.__cause__).splitlines()[0]
-        _fail(ValueError(" ".join(text.split()).replace(" ;", ";")))
+main = hydra_command("bitfed-train", run)
 
 
 if __name__ == "__main__":

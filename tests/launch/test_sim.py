@@ -10,8 +10,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from core.config import ExperimentConfig, FederationConfig, TrainConfig, register_configs
+from core.hydra_entry import CONF_DIR
+from launch.sim import run
 from server.checkpoint import Checkpoint
-from server.sim import CONF_DIR, format_table, run, summary
+from server.report import format_table, summary
 
 
 def small(output_dir: Path, rounds: int) -> ExperimentConfig:
@@ -101,3 +103,28 @@ def test_table_and_summary_from_metrics():
     assert "34,000" in table and "(skipped)" in table and "512" in table
     text = summary(metrics)
     assert "float32/25.9" in text and "skipped rounds: 1" in text
+
+
+@pytest.mark.parametrize(
+    ("command", "override", "names"),
+    [
+        ("bitfed-sim", "federation.num_clients=0", "federation.num_clients must be > 0"),
+        ("bitfed-sim", "strategy=median", "strategy"),
+        ("bitfed-sim", "federation.bogus=1", "bogus"),
+        ("bitfed-train", "model.name=vgg", "unknown model 'vgg'"),
+        ("bitfed-train", "train.batch_size=abc", "batch_size"),
+    ],
+)
+def test_every_hydra_command_answers_bad_input_in_one_line(tmp_path, command, override, names):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name(command)
+    done = subprocess.run(
+        [str(script), override], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"{command}: error: bad config or override") and names in lines[0]
+    assert "Traceback" not in done.stdout + done.stderr

@@ -1,20 +1,26 @@
 """The ML side of a federated round, as plain functions over :mod:`core` (no Flower here).
 
 Used by the ClientApp (local data, local training) and by the ServerApp (the same model
-definition, and evaluation of the global model on held-out test data).
+definition, and evaluation of the global model on held-out test data). Objects are built through
+:mod:`core.experiment`, the one path from a config to a model, optimizer and loaders.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from core.codec import ModelSpec
 from core.config import ExperimentConfig
+from core.experiment import (
+    build_model_for,
+    build_optimizer_for,
+    eval_loader,
+    set_threads,
+    train_loader,
+)
 
 __all__ = [
     "LocalData",
@@ -26,7 +32,6 @@ __all__ = [
     "load_state",
     "fit_local",
     "evaluate_global",
-    "client_state_dir",
 ]
 
 
@@ -37,12 +42,6 @@ class LocalData:
     dataset: object  # core.data.ImageDataset
     train_idx: np.ndarray
     val_idx: np.ndarray
-
-
-def set_threads(cfg: ExperimentConfig) -> None:
-    """Apply ``train.num_threads`` (0 keeps torch's default)."""
-    if cfg.train.num_threads > 0 and torch.get_num_threads() != cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
 
 
 def load_split(cfg: ExperimentConfig, split: str, root: str | None = None):
@@ -77,13 +76,7 @@ def local_data(cfg: ExperimentConfig, node_config: dict) -> LocalData:
 
 def new_model(cfg: ExperimentConfig, dataset) -> torch.nn.Module:
     """Build the configured model for ``dataset``'s shape, initialised from ``cfg.seed``."""
-    from core import build_model
-
-    torch.manual_seed(cfg.seed)
-    c, h, w = dataset.images.shape[1:]
-    return build_model(
-        cfg.model.name, cfg.recipe.name, num_classes=dataset.num_classes, in_shape=(c, h, w)
-    )
+    return build_model_for(cfg, tuple(dataset.images.shape[1:]), dataset.num_classes)
 
 
 def state_of(model: torch.nn.Module, spec: ModelSpec) -> dict[str, np.ndarray]:
@@ -110,50 +103,23 @@ def fit_local(model: torch.nn.Module, data: LocalData, cfg: ExperimentConfig, se
     ``(train.seed, round, first example index)``, so clients draw independent noise. The
     learning rate follows ``federation.lr_schedule`` over the rounds (``round_lr``).
     """
-    from core import build_optimizer, fit, from_recipe
-    from core.data import ImageLoader
+    from core.train import fit
 
     first = int(data.train_idx[0]) if len(data.train_idx) else 0
     torch.manual_seed(cfg.train.seed * 1_000_003 + server_round * 100_019 + first)
-
-    n, bs = len(data.train_idx), cfg.train.batch_size
-    loader = ImageLoader(
+    loader = train_loader(
+        cfg,
         data.dataset,
         data.train_idx,
-        batch_size=bs,
-        shuffle=True,
         seed=cfg.train.seed * 100_003 + server_round * 1_009 + first,
-        augment=cfg.dataset.augment,
-        flip=cfg.dataset.name != "svhn",
-        drop_last=n > bs and n % bs == 1,  # a 1-example batch has no l1-BN deviation
-        raw=from_recipe(cfg.recipe.name).lowcost,  # low-cost models take uint8 codes as they are
     )
     lr = cfg.federation.round_lr(cfg.recipe.lr, server_round)
-    optimizer = build_optimizer(model, cfg.recipe.name, lr)
+    optimizer = build_optimizer_for(cfg, model, lr)
     return fit(model, optimizer, loader, epochs=cfg.train.epochs, max_batches=cfg.train.max_batches)
 
 
-def evaluate_global(model: torch.nn.Module, dataset, batch_size: int = 500):
+def evaluate_global(cfg: ExperimentConfig, model: torch.nn.Module, dataset):
     """Loss and accuracy of ``model`` on a whole held-out ``dataset`` (core.evaluate)."""
-    from core import evaluate
-    from core.data import ImageLoader
+    from core.train import evaluate
 
-    recipe = getattr(model, "recipe", None)
-    raw = bool(getattr(recipe, "lowcost", False))  # low-cost models take uint8 codes as they are
-    loader = ImageLoader(dataset, None, batch_size=batch_size, shuffle=False, raw=raw)
-    return evaluate(model, loader)
-
-
-def client_state_dir(cfg: ExperimentConfig, node_config: dict) -> Path:
-    """Where this device keeps its state.
-
-    First of: node config ``state-dir``; ``federation.state_dir``; ``<output_dir>/client-state``;
-    ``$FLWR_HOME/bitfed-client-state`` (``~/.flwr`` when unset).
-    """
-    if node_config.get("state-dir"):
-        return Path(str(node_config["state-dir"]))
-    if cfg.federation.state_dir:
-        return Path(cfg.federation.state_dir)
-    if cfg.output_dir:
-        return Path(cfg.output_dir) / "client-state"
-    return Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")) / "bitfed-client-state"
+    return evaluate(model, eval_loader(cfg, dataset))

@@ -12,8 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from core.atomic import atomic_write_json
-from core.cli.train import CONF_DIR, main, run
 from core.config import ExperimentConfig, register_configs
+from launch.train import CONF_DIR, main, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def compose_cfg(*overrides: str) -> ExperimentConfig:
 
 def bitfed_train(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("bitfed-train")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "core.cli.train"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "launch.train"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout

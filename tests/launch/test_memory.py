@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from core.cli.memory import compute_ratios, format_table, main
+from launch.memory import compute_ratios, format_table, main
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def bitfed_memory(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("bitfed-memory")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "core.cli.memory"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "launch.memory"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -121,7 +121,7 @@ def test_table_is_the_default_output(monkeypatch, capsys):
             else (fake_result(300, 100, 200, 250, 0.25))
         )
 
-    monkeypatch.setattr("core.cli.memory.measure_recipe_isolated", fake_isolated)
+    monkeypatch.setattr("launch.memory.measure_recipe_isolated", fake_isolated)
     main(["--model", "cnv", "--batch-size", "7", "--recipes", "standard,lowcost-po2",
           "--po2-bias", "6"])  # fmt: skip
     out = capsys.readouterr().out
@@ -138,7 +138,7 @@ def test_worker_failure_is_one_line(monkeypatch, capsys):
     def failing(*args, **kwargs):
         raise RuntimeError("measuring mlp/standard failed: out of memory")
 
-    monkeypatch.setattr("core.cli.memory.measure_recipe_isolated", failing)
+    monkeypatch.setattr("launch.memory.measure_recipe_isolated", failing)
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", "mlp", "--batch-size", "4", "--json"])
     assert exit_info.value.code == 1

@@ -1,0 +1,78 @@
+"""The client side of the wire: what a round's message means for this device, and its reply.
+
+:func:`receive` turns the server's message into the model state to train from — Flower's float32
+state for the ``fedavg`` baseline, or this device's replica brought to the server's version (full
+model once, then 1-bit deltas, :func:`client.state.sync_replica`). :func:`reply_arrays` encodes
+what training changed: the float32 state, or ``sign(change + residual)`` with one scale per
+weight tensor and the float16 real-valued state, keeping the new error-feedback residual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Message
+
+from client.state import ClientState, client_identity, client_state_dir, state_path, sync_replica
+from core import codec, federated
+from core.codec import FLOAT32, ModelSpec, SignUpdate, compress, decode_float32, encode_update
+from core.config import ExperimentConfig
+from glue.records import from_record, to_record
+
+__all__ = ["Start", "receive", "reply_arrays"]
+
+
+@dataclass
+class Start:
+    """Where this round's training starts.
+
+    ``weights``: float32 state by tensor name; ``state``/``path``: the persistent replica and its
+    file (``None`` for the fedavg baseline); ``have_version``: the replica version this device
+    holds when it cannot use the payload (``weights`` is then ``None``: it needs the full model).
+    """
+
+    weights: dict[str, np.ndarray] | None
+    state: ClientState | None = None
+    path: Path | None = None
+    have_version: int = -1
+
+
+def receive(msg: Message, spec: ModelSpec, cfg: ExperimentConfig, node_config: dict) -> Start:
+    """Decode the server's message against this device's own ``spec`` and replica."""
+    conf = msg.content[codec.CONFIG]
+    payload, version = str(conf[codec.PAYLOAD]), int(conf[codec.VERSION])
+    received = msg.content.array_records.get(codec.ARRAYS)
+    arrays = from_record(received, spec.float32_bytes) if received is not None else None
+    if payload == FLOAT32:  # the fedavg baseline: Flower's float32 state both ways
+        return Start(decode_float32(arrays or {}, spec))
+    path = state_path(client_state_dir(cfg, node_config), client_identity(node_config))
+    lineage = str(conf[codec.LINEAGE])
+    held = ClientState.load(path, lineage)
+    have = held.version if held is not None else -1
+    base = int(conf[codec.BASE_VERSION])
+    state = sync_replica(held, payload, lineage, version, base, arrays, spec)
+    if state is None:
+        return Start(None, None, path, have)
+    return Start(state.replica, state, path)
+
+
+def reply_arrays(
+    model: torch.nn.Module, spec: ModelSpec, start: Start, cfg: ExperimentConfig
+) -> ArrayRecord:
+    """Return the reply's arrays; a sign reply also updates and saves the device's residual."""
+    local = federated.state_of(model, spec)
+    if start.state is None:
+        return to_record(codec.encode_float32(local, spec), raw=False)
+    delta = {t.name: local[t.name] - start.weights[t.name] for t in spec.sign}
+    ef = cfg.strategy.error_feedback
+    residual = start.state.residual if ef else None
+    if residual is not None and any(t.name not in residual for t in spec.sign):
+        residual = None
+    signs, scales, new_residual = compress(delta, residual, spec)
+    start.state.residual = new_residual if ef else None
+    start.state.save(start.path)
+    update = SignUpdate(signs, scales, {t.name: local[t.name] for t in spec.real})
+    return to_record(encode_update(update, spec))

@@ -1,0 +1,182 @@
+"""1-bit rules: clients send ``scale * sign`` updates, the server answers with a 1-bit delta.
+
+Before a rule sees them, :meth:`SignStrategy.bound_payloads` clips every reply's scales to
+``strategy.scale_clip`` x the round's median scale per tensor and its real-valued state into a
+band around the round's median (``strategy.real_band``); the real state is then aggregated by a
+coordinate-wise trimmed mean (``strategy.real_trim``) in every rule. Both rules below turn the
+round's bounded :class:`core.codec.SignUpdate` s into one dense step per weight tensor and one
+real-valued state (:mod:`server.aggregate`); the shared
+:class:`SignStrategy` multiplies the step by ``strategy.server_lr`` and binarizes it again for the
+downlink with a server-side error-feedback residual (``scale * sign``, as on the clients), so
+every client reproduces the new global model exactly from 1 bit per weight. Each node gets the
+smallest payload that brings its replica to the current version: nothing, the last delta, or the
+full model (float16) once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from flwr.app import ArrayRecord
+
+from core import codec
+from core.codec import ModelSpec, SignUpdate, compress, decode_update, encode_full, encode_update
+from core.config import ExperimentConfig
+from glue.records import to_record
+from server.aggregate import (
+    bound_real,
+    clip_scales,
+    majority_vote,
+    mean_of_signs,
+    robust_real,
+    vote_steps,
+)
+from server.strategies.base import BitFedStrategy, Reply, ResumeState
+
+__all__ = ["SignStrategy", "SignMean", "SignMajority"]
+
+
+class SignStrategy(BitFedStrategy):
+    """Base of the 1-bit rules: downlink payloads, server error feedback, the broadcast model.
+
+    With a ``last_delta`` in ``resume``, a node this server has no record of is presumed to hold
+    ``version - 1`` (the replica every client of the interrupted run got) and is sent that delta,
+    not the full model; a client whose replica does not match says so (``need-full``) and gets
+    the full model next round.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        spec: ModelSpec,
+        *,
+        lineage: str,
+        resume: ResumeState | None = None,
+    ) -> None:
+        super().__init__(cfg, spec, lineage=lineage, resume=resume)
+        resume = resume or ResumeState()
+        self.residual = resume.residual or {
+            t.name: np.zeros(t.shape, np.float32) for t in spec.sign
+        }
+        self._last_delta_arrays = resume.last_delta  # downlink from version - 1 to version
+        self.last_delta = to_record(resume.last_delta) if resume.last_delta else None
+        self._presumed = resume.version - 1 if resume.last_delta else None
+
+    # --- the rule ---------------------------------------------------------------------------
+    def step(
+        self, updates: Sequence[SignUpdate], weights: Sequence[float]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Dense weight step and real-valued state from the round's updates."""
+        raise NotImplementedError
+
+    # --- payloads ---------------------------------------------------------------------------
+    def payload_for(self, node: int) -> str:
+        """Nothing for a current replica, the last delta for one a version behind, else full."""
+        have = self.node_version.get(node, self._presumed)
+        if have == self.version:
+            return codec.CURRENT
+        if have == self.version - 1 and self.last_delta is not None:
+            return codec.DELTA
+        return codec.FULL
+
+    def payload_record(self, payload: str) -> ArrayRecord | None:
+        """Return the full model in float16, the last 1-bit delta, or nothing."""
+        if payload == codec.FULL:
+            assert self._global is not None
+            return to_record(encode_full(self._global, self.spec))
+        if payload == codec.DELTA:
+            return self.last_delta
+        return None
+
+    def decode(self, arrays: dict[str, np.ndarray]) -> SignUpdate:
+        """Return a validated sign update."""
+        return decode_update(arrays, self.spec)
+
+    def bound_payloads(self, decoded: list[SignUpdate]) -> tuple[list[SignUpdate], list[str]]:
+        """Clip scales (:func:`~server.aggregate.clip_scales`) and real state (``bound_real``)."""
+        strat = self.cfg.strategy
+        scales, n_scales = clip_scales([u.scales for u in decoded], self.spec, strat.scale_clip)
+        reals, n_real = bound_real([u.real for u in decoded], self.spec, strat.real_band)
+        bounded = [SignUpdate(u.signs, s, r) for u, s, r in zip(decoded, scales, reals)]
+        notes = []
+        for u, s, k, j in zip(decoded, scales, n_scales, n_real):
+            what = []
+            if k:
+                worst = max(u.scales[n] / max(s[n], 1e-30) for n in s)
+                what.append(f"scales of {k} tensor(s), up to {worst:.3g}x the bound")
+            if j:
+                what.append(f"{j} real-valued state value(s)")
+            notes.append(", ".join(what))
+        return bounded, notes
+
+    # --- aggregation ------------------------------------------------------------------------
+    def aggregate(self, replies: list[Reply]) -> dict[str, np.ndarray]:
+        """Apply :meth:`step` x ``server_lr``, binarize it for the downlink, keep the residual."""
+        updates = [r.decoded for r in replies]
+        step, real = self.step(updates, [float(r.examples) for r in replies])
+        real = {k: v.astype(np.float16).astype(np.float32) for k, v in real.items()}  # as sent
+        lr = self.cfg.strategy.server_lr
+        step = {k: lr * v for k, v in step.items()}
+        signs, scales, self.residual = compress(step, self.residual, self.spec)
+        down = SignUpdate(signs, scales, {k: v.astype(np.float16) for k, v in real.items()})
+        self._last_delta_arrays = encode_update(down, self.spec)
+        self.last_delta = to_record(self._last_delta_arrays)
+        dense = down.dense(self.spec)
+        assert self._global is not None
+        new = {t.name: self._global[t.name] + dense[t.name] for t in self.spec.sign}
+        new |= {t.name: real[t.name] for t in self.spec.real}
+        return new
+
+    def global_model(self, broadcast: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Return the aggregate of the clients' updates: the broadcast model plus the residual.
+
+        The server binarizes each aggregated step again for the downlink and keeps what the sign
+        could not carry (error feedback), so ``aggregate = broadcast + residual``.
+        """
+        return {k: v + self.residual[k] if k in self.residual else v for k, v in broadcast.items()}
+
+    @property
+    def checkpoint_residual(self) -> dict[str, np.ndarray]:
+        """The downlink residual (what the broadcast model still owes the aggregate)."""
+        return self.residual
+
+    @property
+    def last_delta_arrays(self) -> dict[str, np.ndarray] | None:
+        """Codec arrays of the downlink from ``version - 1`` to ``version``."""
+        return self._last_delta_arrays
+
+
+class SignMean(SignStrategy):
+    """Example-weighted mean of the clients' ``scale * sign`` (EF-signSGD, arXiv 1901.09847).
+
+    ``step_k = sum_i w_i s_ik sign_ik / sum_i w_i`` over the clipped scales and capped weights;
+    the real-valued state is the trimmed mean.
+    """
+
+    def step(self, updates, weights):
+        """Weighted mean of scaled signs; trimmed mean of the real state."""
+        real = robust_real([u.real for u in updates], self.spec, self.cfg.strategy.real_trim)
+        return mean_of_signs(updates, weights, self.spec), real
+
+
+class SignMajority(SignStrategy):
+    """signSGD with majority vote (Bernstein et al., arXiv 1810.05291): one vote per client.
+
+    ``step_k = a_k * sign(sum_i sign_ik)`` (0 on a tie), neither example counts nor scales
+    carrying weight; the real-valued state is the trimmed mean. The step ``a_k`` is sized from
+    the round (:func:`~server.aggregate.vote_steps`: median scale x mean vote margin, which follows
+    the clients' learning-rate schedule as their scales do) or, with ``strategy.majority_step >
+    0``, is that step on the clients' schedule: ``round_lr(majority_step, round)``.
+    """
+
+    def step(self, updates, weights):
+        """Majority vote of the signs; trimmed mean of the real state."""
+        strat = self.cfg.strategy
+        if strat.majority_step > 0:
+            fixed = self.cfg.federation.round_lr(strat.majority_step, self.run_round)
+            steps = {t.name: fixed for t in self.spec.sign}
+        else:
+            steps = vote_steps(updates, self.spec)
+        real = robust_real([u.real for u in updates], self.spec, strat.real_trim)
+        return majority_vote(updates, self.spec, steps), real
