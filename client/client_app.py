@@ -34,7 +34,8 @@ def train(msg: Message, context: Context) -> Message:
     model = federated.new_model(cfg, data.dataset)
     spec = model_spec(model)
 
-    start = receive(msg, spec, cfg, dict(context.node_config))  # decode
+    seed = federated.version_zero(model, spec)  # what the server calls version 0
+    start = receive(msg, spec, cfg, dict(context.node_config), seed)  # decode
     if start.weights is None:  # no usable replica: ask for the full model, send no update
         need = {codec.NUM_EXAMPLES: 0, codec.MODEL_VERSION: start.have_version, codec.NEED_FULL: 1}
         return Message(RecordDict({METRICS: MetricRecord(need)}), reply_to=msg)

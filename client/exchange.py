@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message
 
-from client.state import ClientState, client_identity, client_state_dir, state_path, sync_replica
+from client.state import (
+    ClientState,
+    SeedModel,
+    client_identity,
+    client_state_dir,
+    state_path,
+    sync_replica,
+)
 from core import codec, federated
 from core.codec import FLOAT32, ModelSpec, SignUpdate, compress, decode_float32, encode_update
 from core.config import ExperimentConfig
@@ -40,8 +47,18 @@ class Start:
     have_version: int = -1
 
 
-def receive(msg: Message, spec: ModelSpec, cfg: ExperimentConfig, node_config: dict) -> Start:
-    """Decode the server's message against this device's own ``spec`` and replica."""
+def receive(
+    msg: Message,
+    spec: ModelSpec,
+    cfg: ExperimentConfig,
+    node_config: dict,
+    seed_state: dict[str, np.ndarray] | None = None,
+) -> Start:
+    """Decode the server's message against this device's own ``spec`` and replica.
+
+    ``seed_state`` is this device's version 0 (its freshly built model): a ``chain`` payload
+    from version 0 starts from it when the server's digest matches.
+    """
     conf = msg.content[codec.CONFIG]
     payload, version = str(conf[codec.PAYLOAD]), int(conf[codec.VERSION])
     received = msg.content.array_records.get(codec.ARRAYS)
@@ -53,7 +70,9 @@ def receive(msg: Message, spec: ModelSpec, cfg: ExperimentConfig, node_config: d
     held = ClientState.load(path, lineage)
     have = held.version if held is not None else -1
     base = int(conf[codec.BASE_VERSION])
-    state = sync_replica(held, payload, lineage, version, base, arrays, spec)
+    digest = conf.get(codec.SEED_DIGEST)
+    seed = SeedModel(seed_state, str(digest)) if seed_state is not None and digest else None
+    state = sync_replica(held, payload, lineage, version, base, arrays, spec, seed)
     if state is None:
         return Start(None, None, path, have)
     return Start(state.replica, state, path)

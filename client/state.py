@@ -23,6 +23,7 @@ from core.atomic import atomic_write
 __all__ = [
     "ClientState",
     "client_state_dir",
+    "SeedModel",
     "sync_replica",
     "state_path",
     "client_identity",
@@ -46,6 +47,35 @@ def client_identity(node_config: dict) -> str:
         "node config has neither client-id nor partition-id; start the SuperNode with "
         '--node-config "client-id=<name>" so its state survives restarts'
     )
+
+
+@dataclass
+class SeedModel:
+    """Version 0 as this device builds it from ``cfg.seed``, and the server's digest of it."""
+
+    state: dict[str, np.ndarray]  # float32 tensors by name, real state rounded to float16
+    server_digest: str | None  # the server's digest of version 0 (None: not offered)
+
+
+def _apply_chain(state, lineage, version, base, arrays, spec, seed) -> ClientState | None:
+    """Replica at ``base`` (held, or built from the seed when ``base == 0``) + the chain."""
+    from core.codec import decode_chain, state_digest
+
+    residual = state.residual if state is not None and state.lineage == lineage else None
+    if state is None or state.lineage != lineage or state.version != base:
+        if base != 0 or seed is None or seed.server_digest is None:
+            return None
+        if state_digest(seed.state, spec) != seed.server_digest:
+            log.warning("this device's version-0 model differs from the server's; asking for it")
+            return None
+        state = ClientState(lineage, 0, dict(seed.state), residual)
+    for update in decode_chain(arrays, spec, version - base):
+        for name, step in update.dense(spec).items():
+            state.replica[name] = state.replica[name] + step
+        for t in spec.real:
+            state.replica[t.name] = update.real[t.name].astype(np.float32)
+    state.version = version
+    return state
 
 
 def client_state_dir(cfg, node_config: dict) -> Path:
@@ -123,17 +153,22 @@ def sync_replica(
     base_version: int,
     arrays: dict[str, np.ndarray] | None,
     spec,
+    seed: SeedModel | None = None,
 ) -> ClientState | None:
     """Bring the replica to the server's ``version``; ``None`` when that is impossible.
 
     ``payload`` is ``full`` (replace the replica; keep the residual when the lineage is the
     same), ``delta`` (add ``scale * sign`` to the replica at ``base_version``, take the new real
-    state) or ``current`` (nothing to apply). A replica already at ``version`` is used as is; any
+    state), ``chain`` (apply the deltas ``base_version + 1 .. version`` in order; from version 0 a
+    replica can be built from ``seed`` when its digest is the server's) or ``current`` (nothing
+    to apply). A replica already at ``version`` is used as is; any
     other mismatch returns ``None`` and the client asks for the full model. ``arrays`` are the
     codec arrays of the payload (validated here by :mod:`core.codec`).
     """
-    from core.codec import CURRENT, DELTA, FULL, CodecError, decode_full, decode_update
+    from core.codec import CHAIN, CURRENT, DELTA, FULL, CodecError, decode_full, decode_update
 
+    if payload == CHAIN:
+        return _apply_chain(state, lineage, version, base_version, arrays or {}, spec, seed)
     if payload == FULL:
         replica = decode_full(arrays or {}, spec)
         residual = state.residual if state is not None and state.lineage == lineage else None

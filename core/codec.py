@@ -69,6 +69,12 @@ __all__ = [
     "DELTA",
     "CURRENT",
     "FLOAT32",
+    "CHAIN",
+    "SEED_DIGEST",
+    "MAX_CHAIN",
+    "encode_chain",
+    "decode_chain",
+    "state_digest",
     "NUM_EXAMPLES",
     "LOSS",
     "ACCURACY",
@@ -382,6 +388,39 @@ def decode_full(arrays: Mapping[str, Any], spec: ModelSpec) -> dict[str, np.ndar
     return {t.name: out[t.name].astype(np.float32) for t in spec.tensors}
 
 
+def encode_chain(deltas: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Encode consecutive sign updates (each :func:`encode_update` output) as one payload.
+
+    Keys are ``"<i>/signs"``, ``"<i>/scales"``, ``"<i>/real"`` for step ``i = 0, 1, ...``; step
+    ``i`` takes a replica from ``base + i`` to ``base + i + 1``.
+    """
+    return {f"{i}/{key}": value for i, delta in enumerate(deltas) for key, value in delta.items()}
+
+
+def decode_chain(arrays: Mapping[str, Any], spec: ModelSpec, length: int) -> list[SignUpdate]:
+    """Validate and split a chain of ``length`` sign updates (the receiver's own count).
+
+    ``length`` comes from the message's versions, never from the arrays; it must be in
+    ``[0, MAX_CHAIN]``, the keys must be exactly those of ``length`` steps, and each step is
+    checked as :func:`decode_update` checks an update.
+    """
+    if not 0 <= length <= MAX_CHAIN:
+        raise CodecError(f"a chain of {length} deltas (at most {MAX_CHAIN})")
+    _check_keys(arrays, frozenset(f"{i}/{k}" for i in range(length) for k in _SIGN_KEYS))
+    return [decode_update({k: arrays[f"{i}/{k}"] for k in _SIGN_KEYS}, spec) for i in range(length)]
+
+
+def state_digest(state: Mapping[str, np.ndarray], spec: ModelSpec) -> str:
+    """Digest of a model as it travels in full (float16 weights and real state), 32 hex chars.
+
+    Two replicas with equal digests are equal bit for bit in what the wire can carry.
+    """
+    h = hashlib.sha256()
+    for value in encode_full(state, spec).values():
+        h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()[:32]
+
+
 def encode_float32(state: Mapping[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
     """Encode the ``fedavg`` baseline's payload: every tensor in float32 with its shape."""
     return {
@@ -411,6 +450,9 @@ VERSION = "version"  # int: global-model version after applying this message's p
 BASE_VERSION = "base-version"  # int: version a "delta" payload applies to
 PAYLOAD = "payload"  # str: one of the payload kinds below
 FULL, DELTA, CURRENT, FLOAT32 = "full", "delta", "current", "float32"  # payload kinds
+CHAIN = "chain"  # payload kind: the deltas base-version + 1 .. version, in order (encode_chain)
+SEED_DIGEST = "seed-digest"  # str: digest of version 0, which a client builds from cfg.seed
+MAX_CHAIN = 256  # most deltas one chain may carry (a receiver refuses longer ones)
 NUM_EXAMPLES = "num-examples"  # int: examples trained on (capped by strategy.max_examples)
 LOSS = "loss"  # float: mean local training loss
 ACCURACY = "accuracy"  # float: local training accuracy

@@ -147,6 +147,7 @@ class StrategyConfig:
 
     name: str = "mean"  # mean (scale·sign) | majority (signSGD vote) | fedavg (float32 baseline)
     server_lr: float = 1.0  # multiplies the aggregated update
+    server_momentum: float = 0.0  # 1-bit rules: momentum of the server step (0 = off; FedAvgM)
     majority_step: float = 0.0  # majority vote's step: 0 = sized from the round, > 0 = fixed
     error_feedback: bool = True  # clients keep what the sign lost and add it next round
     max_examples: int = 100_000  # absolute cap on a client's claimed example count (its weight)
@@ -159,6 +160,10 @@ class StrategyConfig:
     def __post_init__(self) -> None:
         _check_choice("strategy", self.name, STRATEGIES)
         _check_positive("strategy.server_lr", self.server_lr)
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise ValueError(
+                f"strategy.server_momentum must be in [0, 1), got {self.server_momentum}"
+            )
         _check_positive("strategy.majority_step", self.majority_step, allow_zero=True)
         _check_positive("strategy.max_examples", self.max_examples)
         if self.scale_clip < 1.0:
@@ -189,6 +194,7 @@ class FederationConfig:
     resume: bool = True  # continue from the last checkpoint when one exists
     lr_schedule: str = "cosine"  # client lr over rounds: cosine | constant (see round_lr)
     lr_final: float = 0.1  # cosine: the last round's lr as a fraction of recipe.lr
+    delta_history: int = 32  # 1-bit downlink deltas kept to catch stale replicas up exactly
     attack: str = "none"  # what hostile devices do (client.hostile): none | flip | scale | ...
     attackers: int = 0  # devices with partition-id < attackers are hostile
 
@@ -196,6 +202,7 @@ class FederationConfig:
         _check_choice("federation.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("federation.attack", self.attack, ATTACKS)
         _check_positive("federation.attackers", self.attackers, allow_zero=True)
+        _check_positive("federation.delta_history", self.delta_history)
         if not 0.0 < self.lr_final <= 1.0:
             raise ValueError(f"federation.lr_final must be in (0, 1], got {self.lr_final}")
         _check_positive("federation.num_clients", self.num_clients)

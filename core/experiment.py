@@ -8,6 +8,9 @@ dataset's flip rule, ...) cannot reach one path and miss another.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,10 +30,24 @@ __all__ = [
     "train_loader",
     "eval_loader",
     "set_threads",
+    "seeded",
     "EVAL_BATCH",
 ]
 
 EVAL_BATCH = 500  # evaluation batch: no gradients, so larger than the training batch
+_RNG_LOCK = threading.Lock()  # torch's global generator is one per process
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global generator and hold it for the block, against other threads.
+
+    Clients simulated as threads of one process (the in-process test grid) would otherwise
+    reseed or draw from it in the middle of each other's model initialisation.
+    """
+    with _RNG_LOCK:
+        torch.manual_seed(seed)
+        yield
 
 
 def recipe_of(cfg: ExperimentConfig) -> Recipe:
@@ -47,10 +64,10 @@ def build_model_for(
     """
     from core.models import build_model
 
-    torch.manual_seed(cfg.seed)
-    return build_model(
-        cfg.model.name, recipe_of(cfg), num_classes=num_classes, in_shape=tuple(in_shape)
-    )
+    with seeded(cfg.seed):  # version 0 of a federation: every client must build the same model
+        return build_model(
+            cfg.model.name, recipe_of(cfg), num_classes=num_classes, in_shape=tuple(in_shape)
+        )
 
 
 def build_optimizer_for(

@@ -18,6 +18,7 @@ from core.experiment import (
     build_model_for,
     build_optimizer_for,
     eval_loader,
+    seeded,
     set_threads,
     train_loader,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "new_model",
     "state_of",
     "load_state",
+    "version_zero",
     "fit_local",
     "evaluate_global",
 ]
@@ -85,6 +87,17 @@ def state_of(model: torch.nn.Module, spec: ModelSpec) -> dict[str, np.ndarray]:
     return {t.name: sd[t.name].detach().to(torch.float32).numpy().copy() for t in spec.tensors}
 
 
+def version_zero(model: torch.nn.Module, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Return a fresh model's state as version 0 of a federation: real state float16-rounded.
+
+    The real state travels as float16, so version 0 holds what every client can reproduce.
+    """
+    state = state_of(model, spec)
+    for t in spec.real:
+        state[t.name] = state[t.name].astype(np.float16).astype(np.float32)
+    return state
+
+
 def load_state(model: torch.nn.Module, state: dict[str, np.ndarray], spec: ModelSpec) -> None:
     """Copy ``state`` into ``model`` in place, each tensor cast to the model's own dtype.
 
@@ -106,13 +119,13 @@ def fit_local(model: torch.nn.Module, data: LocalData, cfg: ExperimentConfig, se
     from core.train import fit
 
     first = int(data.train_idx[0]) if len(data.train_idx) else 0
-    torch.manual_seed(cfg.train.seed * 1_000_003 + server_round * 100_019 + first)
-    loader = train_loader(
-        cfg,
-        data.dataset,
-        data.train_idx,
-        seed=cfg.train.seed * 100_003 + server_round * 1_009 + first,
-    )
+    with seeded(cfg.train.seed * 1_000_003 + server_round * 100_019 + first):
+        loader = train_loader(
+            cfg,
+            data.dataset,
+            data.train_idx,
+            seed=cfg.train.seed * 100_003 + server_round * 1_009 + first,
+        )
     lr = cfg.federation.round_lr(cfg.recipe.lr, server_round)
     optimizer = build_optimizer_for(cfg, model, lr)
     return fit(model, optimizer, loader, epochs=cfg.train.epochs, max_batches=cfg.train.max_batches)

@@ -15,19 +15,18 @@ from logging import INFO
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from core import federated
-from core.codec import model_spec
+from core.codec import model_spec, state_digest
 from core.config import ExperimentConfig, from_run_config
 from core.runs import check_trained, run_folder
 from glue.records import state_to_record
 from server.checkpoint import Checkpoint, fingerprint
 from server.recorder import METRICS_FILE, RoundRecorder
-from server.strategies import ResumeState, build_strategy
+from server.strategies import ResumeState, SignStrategy, build_strategy
 
 __all__ = ["app", "run_server", "METRICS_FILE"]
 
@@ -57,6 +56,8 @@ def run_server(grid: Grid, cfg: ExperimentConfig) -> dict[str, Any]:
             ckpt.version, ckpt.residual or None, ckpt.round, ckpt.last_delta, ckpt.node_version
         ),
     )
+    if isinstance(strategy, SignStrategy):  # new nodes build version 0 from the seed
+        strategy.offer_version_zero(state_digest(federated.version_zero(model, spec), spec))
     recorder = RoundRecorder(cfg, model, test, spec, strategy, ckpt, out, ckpt_dir)
     remaining = cfg.federation.num_rounds - ckpt.round
     if remaining > 0:
@@ -87,7 +88,5 @@ def _start_from(cfg: ExperimentConfig, ckpt_dir: Path, fprint: str, model, spec)
         log(INFO, "resuming from %s: %d rounds done, model version %d", ckpt_dir, ckpt.round,
             ckpt.version)  # fmt: skip
         return ckpt
-    state = federated.state_of(model, spec)
-    for t in spec.real:  # real state travels as float16: start from what clients will see
-        state[t.name] = state[t.name].astype(np.float16).astype(np.float32)
+    state = federated.version_zero(model, spec)  # what the clients can build themselves
     return Checkpoint(0, 0, uuid.uuid4().hex[:16], fprint, state, {}, [])

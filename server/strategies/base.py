@@ -128,7 +128,15 @@ class BitFedStrategy(FedAvg):
         """Payload kind for ``node`` this round (``core.codec.FULL``/``DELTA``/...)."""
         raise NotImplementedError
 
-    def payload_record(self, payload: str) -> ArrayRecord | None:
+    def base_for(self, node: int, payload: str) -> int:
+        """Return the version ``payload`` applies to for ``node`` (default: the previous one)."""
+        return self.version - 1
+
+    def payload_config(self, payload: str, base: int) -> dict[str, str]:
+        """Return extra config entries a payload needs (default: none)."""
+        return {}
+
+    def payload_record(self, payload: str, base: int | None = None) -> ArrayRecord | None:
         """Return the record carrying ``payload`` (``None``: nothing to send)."""
         raise NotImplementedError
 
@@ -220,26 +228,27 @@ class BitFedStrategy(FedAvg):
         self._global = record_to_state(arrays)
         self._sent = {}
         nodes = self.sample(grid, run_round)
-        cached: dict[str, ArrayRecord | None] = {}
-        cost: dict[str, int] = {}
+        cached: dict[tuple[str, int], ArrayRecord | None] = {}
+        cost: dict[tuple[str, int], int] = {}
         kinds: dict[str, int] = {}
         messages = []
         for node in nodes:
             payload = self.payload_for(node)
-            if payload not in cached:
-                cached[payload] = self.payload_record(payload)
-                cost[payload] = wire_bytes(cached[payload]) if cached[payload] is not None else 0
+            key = (payload, self.base_for(node, payload))
+            if key not in cached:
+                cached[key] = self.payload_record(*key)
+                cost[key] = wire_bytes(cached[key]) if cached[key] is not None else 0
             kinds[payload] = kinds.get(payload, 0) + 1
-            conf = ConfigRecord(dict(config))
+            conf = ConfigRecord(dict(config) | self.payload_config(*key))
             conf[codec.SERVER_ROUND] = run_round
             conf[codec.LINEAGE] = self.lineage
             conf[codec.VERSION] = self.version
-            conf[codec.BASE_VERSION] = self.version - 1
+            conf[codec.BASE_VERSION] = key[1]
             conf[codec.PAYLOAD] = payload
             content = RecordDict({CONFIG: conf})
-            if cached[payload] is not None:
-                content[ARRAYS] = cached[payload]
-            self._sent[node] = cost[payload]
+            if cached[key] is not None:
+                content[ARRAYS] = cached[key]
+            self._sent[node] = cost[key]
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         log(
             INFO,

@@ -29,7 +29,7 @@ class FedAvgBaseline(BitFedStrategy):
         """Return the float32 state (always)."""
         return codec.FLOAT32
 
-    def payload_record(self, payload: str) -> ArrayRecord | None:
+    def payload_record(self, payload: str, base: int | None = None) -> ArrayRecord | None:
         """Flower's numpy arrays of the global model."""
         assert self._global is not None
         return to_record(encode_float32(self._global, self.spec), raw=False)

@@ -33,8 +33,11 @@ from server.aggregate import (
     vote_steps,
 )
 from server.strategies.base import BitFedStrategy, Reply, ResumeState
+from server.strategies.downlink import DeltaHistory
 
 __all__ = ["SignStrategy", "SignMean", "SignMajority"]
+
+_MOMENTUM = "momentum/"  # checkpoint key prefix of the server momentum buffer
 
 
 class SignStrategy(BitFedStrategy):
@@ -62,6 +65,21 @@ class SignStrategy(BitFedStrategy):
         self._last_delta_arrays = resume.last_delta  # downlink from version - 1 to version
         self.last_delta = to_record(resume.last_delta) if resume.last_delta else None
         self._presumed = resume.version - 1 if resume.last_delta else None
+        self.history = DeltaHistory(
+            cfg.federation.delta_history, spec.sign_numel * 2 + spec.real_numel * 2
+        )
+        if resume.last_delta:
+            self.history.add(resume.version, resume.last_delta)
+        self.momentum = {
+            k.removeprefix(_MOMENTUM): v
+            for k, v in (resume.residual or {}).items()
+            if k.startswith(_MOMENTUM)
+        }
+        self.residual = {k: v for k, v in self.residual.items() if not k.startswith(_MOMENTUM)}
+
+    def offer_version_zero(self, digest: str) -> None:
+        """Let nodes never heard of build version 0 from the seed (its ``digest``) themselves."""
+        self.history.seed_digest = digest
 
     # --- the rule ---------------------------------------------------------------------------
     def step(
@@ -72,21 +90,28 @@ class SignStrategy(BitFedStrategy):
 
     # --- payloads ---------------------------------------------------------------------------
     def payload_for(self, node: int) -> str:
-        """Nothing for a current replica, the last delta for one a version behind, else full."""
-        have = self.node_version.get(node, self._presumed)
-        if have == self.version:
-            return codec.CURRENT
-        if have == self.version - 1 and self.last_delta is not None:
-            return codec.DELTA
-        return codec.FULL
+        """Return the cheapest exact payload for ``node`` (:mod:`server.strategies.downlink`)."""
+        return self.history.choose(self.node_version.get(node, self._presumed), self.version)[0]
 
-    def payload_record(self, payload: str) -> ArrayRecord | None:
-        """Return the full model in float16, the last 1-bit delta, or nothing."""
+    def base_for(self, node: int, payload: str) -> int:
+        """Return the version the payload for ``node`` starts from."""
+        return self.history.choose(self.node_version.get(node, self._presumed), self.version)[1]
+
+    def payload_config(self, payload: str, base: int) -> dict[str, str]:
+        """Return the version-0 digest with a chain from version 0 (the node may build it)."""
+        if payload == codec.CHAIN and base == 0 and self.history.seed_digest:
+            return {codec.SEED_DIGEST: self.history.seed_digest}
+        return {}
+
+    def payload_record(self, payload: str, base: int | None = None) -> ArrayRecord | None:
+        """Return the full model in float16, the last delta, a chain of deltas, or nothing."""
         if payload == codec.FULL:
             assert self._global is not None
             return to_record(encode_full(self._global, self.spec))
         if payload == codec.DELTA:
             return self.last_delta
+        if payload == codec.CHAIN and base is not None and base < self.version:
+            return to_record(self.history.chain_arrays(base, self.version))
         return None
 
     def decode(self, arrays: dict[str, np.ndarray]) -> SignUpdate:
@@ -116,12 +141,18 @@ class SignStrategy(BitFedStrategy):
         updates = [r.decoded for r in replies]
         step, real = self.step(updates, [float(r.examples) for r in replies])
         real = {k: v.astype(np.float16).astype(np.float32) for k, v in real.items()}  # as sent
-        lr = self.cfg.strategy.server_lr
+        lr, beta = self.cfg.strategy.server_lr, self.cfg.strategy.server_momentum
         step = {k: lr * v for k, v in step.items()}
+        if beta > 0:  # server momentum (FedAvgM: Hsu et al., arXiv 1909.06335; Reddi et al.)
+            self.momentum = {
+                k: beta * self.momentum.get(k, np.zeros_like(v)) + v for k, v in step.items()
+            }
+            step = self.momentum
         signs, scales, self.residual = compress(step, self.residual, self.spec)
         down = SignUpdate(signs, scales, {k: v.astype(np.float16) for k, v in real.items()})
         self._last_delta_arrays = encode_update(down, self.spec)
         self.last_delta = to_record(self._last_delta_arrays)
+        self.history.add(self.version + 1, self._last_delta_arrays)
         dense = down.dense(self.spec)
         assert self._global is not None
         new = {t.name: self._global[t.name] + dense[t.name] for t in self.spec.sign}
@@ -138,8 +169,8 @@ class SignStrategy(BitFedStrategy):
 
     @property
     def checkpoint_residual(self) -> dict[str, np.ndarray]:
-        """The downlink residual (what the broadcast model still owes the aggregate)."""
-        return self.residual
+        """The downlink residual (what the broadcast model still owes the aggregate), momentum."""
+        return self.residual | {_MOMENTUM + k: v for k, v in self.momentum.items()}
 
     @property
     def last_delta_arrays(self) -> dict[str, np.ndarray] | None:

@@ -205,3 +205,29 @@ def test_a_round_short_of_nodes_waits_once_not_every_round():
     t0 = time.monotonic()
     s.sample(grid, 4)
     assert time.monotonic() - t0 >= 0.5
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_server_momentum_accumulates_the_step(beta):
+    """With momentum b the aggregate after two equal rounds moves (1 + (1 + b)) steps."""
+    cfg = ExperimentConfig(
+        strategy=StrategyConfig(name="mean", server_momentum=beta),
+        federation=FederationConfig(num_clients=3, clients_per_round=3, min_clients=2),
+    )
+    s = build_strategy(cfg, SPEC, lineage="abc")
+    arrays = state_to_record(GLOBAL)
+    for r in (1, 2):
+        list(s.configure_train(r, arrays, ConfigRecord(), FakeGrid(LITERAL)))
+        replies = [sign_reply(n, *v, version=r - 1) for n, v in LITERAL.items()]
+        arrays, _ = s.aggregate_train(r, replies)
+    moved = s.global_model(record_to_state(arrays))["w"] - GLOBAL["w"]
+    plain = build_strategy(
+        ExperimentConfig(federation=FederationConfig(num_clients=3, clients_per_round=3)),
+        SPEC,
+        lineage="abc",
+    )
+    list(plain.configure_train(1, state_to_record(GLOBAL), ConfigRecord(), FakeGrid(LITERAL)))
+    one, _ = plain.aggregate_train(1, literal_replies())
+    step = plain.global_model(record_to_state(one))["w"] - GLOBAL["w"]
+    np.testing.assert_allclose(moved, (2.0 + beta) * step, rtol=1e-5, atol=1e-6)
+    assert (s.checkpoint_residual.keys() > {"w"}) == (beta > 0)  # momentum is checkpointed
