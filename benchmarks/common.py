@@ -307,7 +307,8 @@ def mlp_federation(
 ):
     """The :class:`core.config.ExperimentConfig` of one benchmark federation of MLPs.
 
-    ``clients`` clients, all sampled every round, one local epoch (``max_batches`` caps it),
+    ``clients`` clients, all sampled every round unless ``clients_per_round`` says otherwise,
+    one local epoch (``max_batches`` caps it),
     one torch thread per client, no resume; the 1-bit rules with error feedback, ``fedavg``
     without. ``federation`` holds further :class:`core.config.FederationConfig` fields.
     """
@@ -333,7 +334,7 @@ def mlp_federation(
         strategy=StrategyConfig(name=rule, error_feedback=rule != "fedavg"),
         federation=FederationConfig(
             num_clients=clients,
-            clients_per_round=clients,
+            clients_per_round=federation.pop("clients_per_round", clients),
             num_rounds=rounds,
             resume=False,
             **federation,

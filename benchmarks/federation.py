@@ -79,9 +79,12 @@ def _check_mnist(root: Path) -> None:
 
 def experiment(args: argparse.Namespace, variant: str, partition: str, run_dir: Path):
     """The :class:`core.config.ExperimentConfig` of one run (the paper's MNIST model)."""
+    from core.config import from_run_config, to_run_config
+
     recipe, rule = VARIANTS[variant]
     kind, alpha = PARTITIONS[partition]
-    return mlp_federation(
+    per_round = args.per_round or args.clients
+    cfg = mlp_federation(
         run_dir,
         recipe=recipe,
         rule=rule,
@@ -91,9 +94,13 @@ def experiment(args: argparse.Namespace, variant: str, partition: str, run_dir: 
         alpha=alpha,
         max_batches=args.max_batches,
         clients=args.clients,
+        clients_per_round=per_round,
         rounds=args.rounds,
-        min_clients=min(2, args.clients),
+        min_clients=min(2, per_round),
     )
+    if rule == "fedavg" or not args.set:
+        return cfg
+    return from_run_config(to_run_config(cfg) | dict(args.set))  # the 1-bit variants' options
 
 
 def run_one(args: argparse.Namespace, variant: str, partition: str) -> dict[str, Any]:
@@ -135,10 +142,11 @@ def run_one(args: argparse.Namespace, variant: str, partition: str) -> dict[str,
 
 def summarize(metrics: dict[str, Any], variant: str, partition: str, wall: float) -> dict[str, Any]:
     """Per round: accuracy, loss, bytes (cumulative over all clients, both directions)."""
-    rounds, total_up, total_down = [], 0.0, 0.0
+    rounds, total_up, total_down, messages = [], 0.0, 0.0, 0
     for r in metrics["rounds"]:
         total_up += r.get("uplink_bytes", 0.0) * r.get("valid", 0)
         total_down += r.get("downlink_bytes", 0.0) * r.get("sampled", 0)
+        messages += r.get("sampled", 0)
         rounds.append(
             {
                 "round": r["round"],
@@ -170,6 +178,10 @@ def summarize(metrics: dict[str, Any], variant: str, partition: str, wall: float
         "total_bytes": total_up + total_down,
         "uplink_bytes_per_client_round": _mean(r["uplink_bytes"] for r in done),
         "downlink_bytes_per_client_round_after_first": _mean(r["downlink_bytes"] for r in done[1:]),
+        # every message of the run, round 1 included (what a device pays on average)
+        "downlink_bytes_per_message": total_down / messages if messages else None,
+        "first_round_at_95": next((r["round"] for r in done if r["accuracy"] >= 0.95), None),
+        "options": {k: v for k, v in metrics["config"].items() if k.startswith("strategy.")},
         "client_peak_memory": max((r["client_peak_memory"] or 0) for r in done) if done else None,
         "server_seconds": metrics.get("seconds"),
         "wall_seconds": wall,
@@ -194,6 +206,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         args.rounds, args.clients = args.rounds or 10, args.clients or 10
         args.max_batches = args.max_batches if args.max_batches is not None else 20
         partitions = list(PARTITIONS)
+    if args.partitions:
+        partitions = args.partitions
     variants = [VARIANT_KEYS[k] for k in args.variants]
     runs = []
     for partition in partitions:
@@ -210,7 +224,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "dataset": "mnist",
             "model": "mlp",
             "clients": args.clients,
-            "clients_per_round": args.clients,
+            "clients_per_round": args.per_round or args.clients,
+            "options": dict(args.set),
             "rounds": args.rounds,
             "local_epochs": 1,
             "batch_size": 100,
@@ -283,11 +298,34 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated, of {', '.join(VARIANT_KEYS)} (default all)",
     )
     parser.add_argument(
+        "--per-round", type=int, default=None, help="clients sampled per round (default all)"
+    )
+    parser.add_argument(
+        "--partitions",
+        type=lambda t: [p for p in PARTITIONS if PARTITIONS[p][0] in t.split(",")],
+        default=None,
+        help="comma-separated subset of iid,dirichlet (default both)",
+    )
+    parser.add_argument(
+        "--set",
+        type=_option,
+        action="append",
+        default=[],
+        help="run-config override for the 1-bit variants, e.g. strategy.server_momentum=0.9",
+    )
+    parser.add_argument(
         "--name", default=NAME, help=f"result name: <out>/<name>.json and .png (default {NAME})"
     )
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per run")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set wants key=value, got {text!r}")
+    return key.strip(), value.strip()
 
 
 def _variant_keys(text: str) -> list[str]:
