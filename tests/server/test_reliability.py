@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from benchmarks.hostile import flip_signs, honest_handler
+from benchmarks.hostile import honest_handler
 from benchmarks.local_grid import LocalGrid
+from client.hostile import attack_sign_update
 from core import codec
 from core.config import (
     ExperimentConfig,
@@ -123,6 +124,13 @@ def wrong_dtype(arrays, metrics):
     return to_record(arrays)
 
 
+def flipped(arrays, spec):
+    update = attack_sign_update(
+        codec.decode_update(arrays, spec), spec, "flip", server_round=1, partition=9, scale_clip=2
+    )
+    return codec.encode_update(update, spec)
+
+
 def rounds_of(metrics):
     return {r["round"]: r for r in metrics["rounds"]}
 
@@ -157,7 +165,7 @@ def test_faulty_nodes_are_dropped_and_the_round_completes(tmp_path, flwr_log, re
         "keys": lambda n: tampered(
             cfg, n, lambda a, m: to_record(a | {"x": np.zeros(1, np.uint8)})
         ),
-        "flip": lambda n: tampered(cfg, n, lambda a, m: to_record(flip_signs(a, spec))),
+        "flip": lambda n: tampered(cfg, n, lambda a, m: to_record(flipped(a, spec))),
     }
     grid = LocalGrid({n: make[kind](n) for n, kind in nodes.items()})
     metrics = run_server(grid, cfg)
@@ -227,5 +235,7 @@ def test_claimed_examples_are_capped(tmp_path):
     cfg = config(tmp_path, 3, max_examples=cap)
     grid = LocalGrid({1: honest(cfg, 1), 2: honest(cfg, 2), 3: tampered(cfg, 3, liar)})
     row = rounds_of(run_server(grid, cfg))[1]
-    honest_examples = 2 * 50  # one local batch of 50 each
-    assert row["valid"] == 3 and row["num_examples"] == honest_examples + cap
+    # one local batch of 50 each; the liar's 10**12 is cut to max_examples (1000), then to
+    # strategy.example_cap (2) x the round's median claim (50)
+    assert row["valid"] == 3 and row["num_examples"] == 50 + 50 + 2 * 50
+    assert row["clipped"] == 1
