@@ -510,6 +510,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.valgrind_from:
         valgrind = json.loads(Path(args.valgrind_from).read_text())
         valgrind = valgrind.get("valgrind", valgrind)
+        for row in valgrind["per_step"]:  # figures = the last (warm-cache) step
+            row |= {k: row["steps"][-1][k] for k in CG_EVENTS}
+            row["dram_bytes"] = (row["DLmr"] + row["DLmw"]) * CACHE_LINE_BYTES
+        valgrind["reused_from"] = str(args.valgrind_from)
     else:
         cg = QUICK_VALGRIND_CONFIGS if args.quick else VALGRIND_CONFIGS
         valgrind = valgrind_per_step(cg)

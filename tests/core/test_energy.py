@@ -301,3 +301,54 @@ class TestRoundEnergy:
         with pytest.raises(ValueError, match="steps must be >= 0"):
             round_energy(0.0, -1, 0, 0)
         assert math.isclose(HOROWITZ_45NM.lte.joules_per_byte_up, 8e-9 * (438.39 + 1288.04 / 6))
+
+
+class TestValgrindHelpers:
+    """benchmarks/energy.py: reading callgrind dumps and setting them beside the model."""
+
+    DUMP = (
+        "# callgrind format\nversion: 1\ncreator: callgrind-3.19.0\n\n"
+        "desc: LL cache: 524288 B, 64 B, 16-way associative\n"
+        "desc: Trigger: Client Request: mlp/lowcost/1\n\n"
+        "positions: line\nevents: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n"
+        "summary: 100 40 10 1 4 2 1 3 1\n\nfn=(1) f\n5 100 40 10 1 4 2 1 3 1\n"
+        "totals: 101 40 10 1 4 2 1 3 1\n"
+    )
+
+    def test_parse_dump(self):
+        from benchmarks.energy import parse_callgrind_dump
+
+        label, events = parse_callgrind_dump(self.DUMP)
+        assert label == "mlp/lowcost/1"
+        assert events == {
+            "Ir": 100,
+            "Dr": 40,
+            "Dw": 10,
+            "I1mr": 1,
+            "D1mr": 4,
+            "D1mw": 2,
+            "ILmr": 1,
+            "DLmr": 3,
+            "DLmw": 1,
+        }
+        with pytest.raises(ValueError, match="no totals line"):
+            parse_callgrind_dump("events: Ir\n")
+
+    def test_compare_ratios(self):
+        from benchmarks.energy import compare
+
+        def row(recipe, ir, misses):
+            ev = {"Ir": ir, "Dr": 10, "Dw": 0, "D1mr": 0, "D1mw": 0, "DLmr": misses, "DLmw": 0}
+            return (
+                {"model": "mlp", "recipe": recipe, "batch": 4, "in_shape": [1, 8, 8]}
+                | ev
+                | {"dram_bytes": misses * 64}
+            )
+
+        out = compare({"per_step": [row("standard", 300, 40), row("lowcost", 600, 10)]})
+        (entry,) = out
+        assert entry["valgrind_ratio"]["instructions"] == 0.5
+        assert entry["valgrind_ratio"]["dram_bytes"] == 4.0
+        std = step_energy(count_step("mlp", "standard", 4, (1, 8, 8)))
+        low = step_energy(count_step("mlp", "lowcost", 4, (1, 8, 8)))
+        assert entry["model_ratio"]["total_energy"] == pytest.approx(std.total_j / low.total_j)
