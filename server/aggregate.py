@@ -3,7 +3,7 @@
 The rules turn the clients' decoded :class:`core.codec.SignUpdate` s into one dense float32 step
 per weight tensor (the server then binarizes it again for the downlink, :func:`core.codec.compress`,
 with its own error-feedback residual). Before any rule sees a reply, the strategy bounds every
-magnitude the reply carries relative to the round's robust statistics (docs/method.md §6):
+magnitude the reply carries relative to the round's robust statistics (docs/method.md §10):
 
 * **scale** of a weight tensor: ``s_ik <- min(s_ik, c * median_i s_ik)`` (:func:`clip_scales`);
 * **weight** (claimed examples): ``n_i <- min(n_i, k * median_i n_i)`` (:func:`cap_examples`);
