@@ -161,8 +161,8 @@ def save_data(x: Tensor) -> Tensor:
     """Compact copy of data ``x`` in [-1, 1]: uint8 codes ``k`` when ``x == k*2/255 - 1``.
 
     Images scaled as ``x / 255 * 2 - 1`` (docs/method.md §3) round-trip through 8-bit codes up
-    to one float32 ulp, so 1 byte per value is exact; anything else is kept as float16. A uint8 batch
-    already *is* those codes: it is saved as it is (no copy).
+    to one float32 ulp, so 1 byte per value is exact; anything else is kept as float16. A uint8
+    batch already *is* those codes: it is saved as it is (no copy).
     """
     if x.dtype == torch.uint8:
         return x
