@@ -368,10 +368,9 @@ def compare(valgrind: dict[str, Any]) -> list[dict[str, Any]]:
         if std is None or low is None:
             continue
         shape = tuple(std["in_shape"])
-        mod = {r: step_energy(count_step(model_name, r, std["batch"], shape)) for r in RECIPES[:2]}
-        traffic = {
-            r: count_step(model_name, r, std["batch"], shape).total.total_bytes for r in RECIPES[:2]
-        }
+        counted = {r: count_step(model_name, r, std["batch"], shape) for r in RECIPES[:2]}
+        mod = {r: step_energy(c) for r, c in counted.items()}
+        traffic = {r: c.total.total_bytes for r, c in counted.items()}
 
         def mem_energy(v: dict[str, Any]) -> float:
             lines = 8  # 64-bit accesses per 64-byte line
@@ -398,6 +397,19 @@ def compare(valgrind: dict[str, Any]) -> list[dict[str, Any]]:
                 "data_refs": ratio(std["Dr"] + std["Dw"], low["Dr"] + low["Dw"]),
                 "dram_bytes": ratio(std["dram_bytes"], low["dram_bytes"]),
                 "memory_energy": ratio(mem_energy(std), mem_energy(low)),
+            },
+            "agreement": {  # valgrind's ratio / the model's ratio (1 = same saving)
+                "dram_bytes_vs_model_traffic": ratio(
+                    ratio(std["dram_bytes"], low["dram_bytes"]),
+                    ratio(traffic["standard"], traffic["lowcost"]),
+                ),
+                "instructions_vs_model_compute": ratio(
+                    ratio(std["Ir"], low["Ir"]), ratio(m_std.compute_j, m_low.compute_j)
+                ),
+            },
+            "valgrind_dram_over_model_traffic": {
+                r: ratio(v["dram_bytes"], traffic[r])
+                for r, v in (("standard", std), ("lowcost", low))
             },
             "model_traffic_bytes": traffic,
             "valgrind_dram_bytes": {"standard": std["dram_bytes"], "lowcost": low["dram_bytes"]},
