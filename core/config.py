@@ -145,7 +145,7 @@ class TrainConfig:
 class StrategyConfig:
     """Server-side aggregation of client updates."""
 
-    name: str = "mean"  # mean (scale·sign) | majority (signSGD vote) | fedavg (float32 baseline)
+    name: str = "mean"  # mean | aligned (trust-weighted mean) | majority (vote) | fedavg (float32)
     server_lr: float = 1.0  # multiplies the aggregated update
     server_momentum: float = 0.0  # 1-bit rules: momentum of the server step (0 = off; FedAvgM)
     majority_step: float = 0.0  # majority vote's step: 0 = sized from the round, > 0 = fixed

@@ -67,6 +67,7 @@ class StrategyName(StrEnum):
     """Server aggregation rules (:mod:`server.strategies`)."""
 
     MEAN = "mean"
+    ALIGNED = "aligned"
     MAJORITY = "majority"
     FEDAVG = "fedavg"
 

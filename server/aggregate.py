@@ -29,6 +29,7 @@ __all__ = [
     "POSITIVE_STATE",
     "is_positive_state",
     "mean_of_signs",
+    "aligned_mean",
     "majority_vote",
     "vote_steps",
     "clip_scales",
@@ -67,6 +68,40 @@ def mean_of_signs(
             acc += (w / total) * u.scales[t.name] * unpack_signs(u.signs[t.name], t.numel)
         out[t.name] = acc.reshape(t.shape)
     return out
+
+
+def aligned_mean(
+    updates: Sequence[SignUpdate], weights: Sequence[float], spec: ModelSpec
+) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
+    """Mean of ``scale * sign`` with each reply weighted by its agreement with the majority vote.
+
+    Per weight tensor ``k``: the majority vote ``v_j = sign(sum_i sign_ij)`` (0 on a tie), each
+    reply's agreement ``a_ik = mean_j sign_ij v_j`` and trust ``t_ik = max(a_ik, 0)``, then
+    ``step_k = sum_i w_i t_ik s_ik sign_ik / sum_i w_i t_ik`` (zero where no reply is trusted).
+    The trust score is FLTrust's ReLU-clipped agreement (Cao et al., arXiv 2012.13995) with the
+    coordinate-wise majority (Bernstein et al., arXiv 1810.05291) as the reference, so it needs no
+    server data: a reply that inverts its signs (``a < 0``), sends random ones (``a ~ 0``) or
+    inverts a large share of them gets little or no weight, while honest replies, which agree
+    with the majority more than they disagree, keep weights in proportion to how much they agree.
+    Two passes over each tensor (votes, then agreement and sum): memory O(numel), not O(n numel).
+    Returns the step and, per reply, its trust in each tensor.
+    """
+    trust: list[dict[str, float]] = [{} for _ in updates]
+    out = {}
+    for t in spec.sign:
+        votes = np.zeros(t.numel, dtype=np.int32)
+        for u in updates:
+            votes += unpack_signs(u.signs[t.name], t.numel).astype(np.int32)
+        vote = np.sign(votes).astype(np.float32)
+        acc = np.zeros(t.numel, dtype=np.float32)
+        total = 0.0
+        for i, (u, w) in enumerate(zip(updates, weights)):
+            signs = unpack_signs(u.signs[t.name], t.numel)
+            trust[i][t.name] = max(float(np.dot(signs, vote)) / t.numel, 0.0) if t.numel else 0.0
+            acc += (w * trust[i][t.name] * u.scales[t.name]) * signs
+            total += w * trust[i][t.name]
+        out[t.name] = (acc / total if total > 0 else np.zeros_like(acc)).reshape(t.shape)
+    return out, trust
 
 
 def majority_vote(
@@ -130,11 +165,14 @@ def cap_examples(examples: Sequence[int], cap: float) -> tuple[list[int], list[b
     """Cap each reply's weight at ``cap`` x the round's median claimed example count.
 
     ``n_i <- min(n_i, floor(cap * median_i n_i))`` (at least 1); ``cap = 0`` gives every reply the
-    median count (uniform weights). Returns the weights and which replies were capped.
+    median count (uniform weights: no claim matters, so none counts as capped). Returns the
+    weights and which replies were capped.
     """
     median = float(np.median(examples))
-    bound = max(1, int(median)) if cap == 0 else max(1, math.floor(cap * median))
-    weights = [bound if cap == 0 else min(n, bound) for n in examples]
+    if cap == 0:
+        return [max(1, int(median))] * len(examples), [False] * len(examples)
+    bound = max(1, math.floor(cap * median))
+    weights = [min(n, bound) for n in examples]
     return weights, [w != n for w, n in zip(weights, examples)]
 
 

@@ -1,12 +1,20 @@
 """Aggregation strategies: one class per rule, all over one validating base.
 
-==============  =====================  ======================================================
-``strategy``    class                  rule
-==============  =====================  ======================================================
-``mean``        :class:`SignMean`      example-weighted mean of ``scale * sign`` (EF-signSGD)
-``majority``    :class:`SignMajority`  ``majority_step * sign(sum of signs)`` (signSGD-MV)
+==============  =======================  ====================================================
+``strategy``    class                    rule
+==============  =======================  ====================================================
+``mean``        :class:`SignMean`        example-weighted mean of ``scale * sign`` (EF-signSGD)
+``aligned``     :class:`SignAligned`     the same, each reply also weighted by its agreement
+                                         with the majority vote (FLTrust-style trust score)
+``majority``    :class:`SignMajority`    ``step * sign(sum of signs)`` (signSGD-MV), the step
+                                         median scale x mean vote margin
 ``fedavg``      :class:`FedAvgBaseline`  Flower's float32 FedAvg (the baseline)
-==============  =====================  ======================================================
+==============  =======================  ====================================================
+
+Every rule sees the round's replies only after :meth:`BitFedStrategy.bound` has capped their
+weights and clipped their scales (or float32 changes) and real-valued state relative to the
+round's robust statistics, and aggregates the real-valued state by a trimmed mean
+(:mod:`server.aggregate`).
 
 Adding a rule is adding a class and one line in :data:`STRATEGIES`.
 """
@@ -18,12 +26,13 @@ from core.config import ExperimentConfig
 from core.names import StrategyName
 from server.strategies.base import BitFedStrategy, Reply, ResumeState
 from server.strategies.fedavg import FedAvgBaseline
-from server.strategies.sign import SignMajority, SignMean, SignStrategy
+from server.strategies.sign import SignAligned, SignMajority, SignMean, SignStrategy
 
 __all__ = [
     "BitFedStrategy",
     "SignStrategy",
     "SignMean",
+    "SignAligned",
     "SignMajority",
     "FedAvgBaseline",
     "Reply",
@@ -34,6 +43,7 @@ __all__ = [
 
 STRATEGIES: dict[StrategyName, type[BitFedStrategy]] = {
     StrategyName.MEAN: SignMean,
+    StrategyName.ALIGNED: SignAligned,
     StrategyName.MAJORITY: SignMajority,
     StrategyName.FEDAVG: FedAvgBaseline,
 }

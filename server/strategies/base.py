@@ -122,6 +122,7 @@ class BitFedStrategy(FedAvg):
         self._sent: dict[int, int] = {}
         self._nodes_seen: int | None = None  # nodes a round had to settle for (None: enough)
         self.run_round = self.round_offset  # the round being aggregated (absolute)
+        self.extra_stats: dict[str, float] = {}  # a rule's own statistics of the round
 
     # --- hooks of a rule --------------------------------------------------------------------
     def payload_for(self, node: int) -> str:
@@ -365,9 +366,11 @@ class BitFedStrategy(FedAvg):
         for node, what in clipped.items():
             log(WARNING, "round %d: clipped the reply of node %d: %s", run_round, node, what)
         self.run_round = run_round
+        self.extra_stats = {}
         new_global = self.aggregate(bounded)
         self.version += 1
         stats["clipped"] = len(clipped)
+        stats |= self.extra_stats
         stats |= {"skipped": 0, "version": self.version} | _reply_stats(bounded)
         self.round_stats[str(run_round)] = stats
         summary = {k: float(v) for k, v in stats.items() if isinstance(v, int | float)}

@@ -16,15 +16,18 @@ full model (float16) once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from logging import INFO
 
 import numpy as np
 from flwr.app import ArrayRecord
+from flwr.supercore import log
 
 from core import codec
 from core.codec import ModelSpec, SignUpdate, compress, decode_update, encode_full, encode_update
 from core.config import ExperimentConfig
 from glue.records import to_record
 from server.aggregate import (
+    aligned_mean,
     bound_real,
     clip_scales,
     majority_vote,
@@ -35,7 +38,7 @@ from server.aggregate import (
 from server.strategies.base import BitFedStrategy, Reply, ResumeState
 from server.strategies.downlink import DeltaHistory
 
-__all__ = ["SignStrategy", "SignMean", "SignMajority"]
+__all__ = ["SignStrategy", "SignMean", "SignAligned", "SignMajority"]
 
 _MOMENTUM = "momentum/"  # checkpoint key prefix of the server momentum buffer
 
@@ -65,6 +68,7 @@ class SignStrategy(BitFedStrategy):
         self._last_delta_arrays = resume.last_delta  # downlink from version - 1 to version
         self.last_delta = to_record(resume.last_delta) if resume.last_delta else None
         self._presumed = resume.version - 1 if resume.last_delta else None
+        self._nodes: list[int] = []  # node ids of the updates being aggregated, in order
         self.history = DeltaHistory(
             cfg.federation.delta_history, spec.sign_numel * 2 + spec.real_numel * 2
         )
@@ -139,6 +143,7 @@ class SignStrategy(BitFedStrategy):
     def aggregate(self, replies: list[Reply]) -> dict[str, np.ndarray]:
         """Apply :meth:`step` x ``server_lr``, binarize it for the downlink, keep the residual."""
         updates = [r.decoded for r in replies]
+        self._nodes = [r.node for r in replies]
         step, real = self.step(updates, [float(r.examples) for r in replies])
         real = {k: v.astype(np.float16).astype(np.float32) for k, v in real.items()}  # as sent
         lr, beta = self.cfg.strategy.server_lr, self.cfg.strategy.server_momentum
@@ -189,6 +194,27 @@ class SignMean(SignStrategy):
         """Weighted mean of scaled signs; trimmed mean of the real state."""
         real = robust_real([u.real for u in updates], self.spec, self.cfg.strategy.real_trim)
         return mean_of_signs(updates, weights, self.spec), real
+
+
+class SignAligned(SignStrategy):
+    """Mean of ``scale * sign`` weighted by agreement with the majority vote (``aligned``).
+
+    ``step_k = sum_i w_i t_ik s_ik sign_ik / sum_i w_i t_ik`` with the trust
+    ``t_ik = max(mean_j sign_ikj v_kj, 0)`` of reply ``i`` in the majority vote ``v_k``
+    (:func:`~server.aggregate.aligned_mean`); the real-valued state is the trimmed mean. Replies
+    with zero trust in some tensor are counted per round (``distrusted``) and named in one line.
+    """
+
+    def step(self, updates, weights):
+        """Trust-weighted mean of scaled signs; trimmed mean of the real state."""
+        step, trust = aligned_mean(updates, weights, self.spec)
+        zero = [i for i, t in enumerate(trust) if min(t.values(), default=1.0) == 0.0]
+        self.extra_stats["distrusted"] = len(zero)
+        if zero:
+            nodes = ", ".join(str(self._nodes[i]) for i in zero)
+            log(INFO, "round %d: no trust in (some tensors of) node(s) %s", self.run_round, nodes)
+        real = robust_real([u.real for u in updates], self.spec, self.cfg.strategy.real_trim)
+        return step, real
 
 
 class SignMajority(SignStrategy):

@@ -149,6 +149,38 @@ def test_majority_ignores_a_scale_x1000_reply():
     assert_same_state(hostile, honest)  # median of (0.5, 1, 0.25, x) is 0.75 for any x >= 1
 
 
+def test_aligned_gives_no_weight_to_a_reply_that_disagrees_with_the_majority(flwr_log):
+    new, metrics = aggregate([], rule="aligned", nodes=(11, 12, 13))
+    # votes [+, -, -, -]: A and B agree on 3 of 4 coordinates (trust 0.5), C on 2 (trust 0)
+    # step = (10 * 0.5 * 0.5 A + 30 * 0.5 * 1 B) / (10 * 0.5 + 30 * 0.5) = (2.5 A + 15 B) / 20
+    step = np.array([17.5, -12.5, 12.5, -17.5]) / 20
+    expected = GLOBAL["w"] + np.mean(np.abs(step)) * np.sign(step)
+    np.testing.assert_allclose(new["w"], expected, rtol=1e-6)
+    assert metrics["distrusted"] == 1
+    assert any("no trust in" in m and "node(s) 13" in m for m in flwr_log)
+
+
+@pytest.mark.parametrize("rule", ["aligned", "mean"])
+def test_a_sign_flipper_against_aligned_and_mean(rule):
+    # three honest replies that mostly agree, and node 14 inverting the first one's signs
+    replies = {11: 48, 12: 32, 13: 112, 14: 192}  # ++--, ++-+, +---, --++
+    cfg = ExperimentConfig(
+        strategy=StrategyConfig(name=rule),
+        federation=FederationConfig(num_clients=4, clients_per_round=4, min_clients=2),
+    )
+    s = build_strategy(cfg, SPEC, lineage="abc")
+    list(s.configure_train(1, state_to_record(GLOBAL), ConfigRecord(), FakeGrid(replies)))
+    arrays, _ = s.aggregate_train(
+        1, [reply(n, bits, 1.0, 10, [1.0, 2.0], [1.0, 2.0]) for n, bits in replies.items()]
+    )
+    change = record_to_state(arrays)["w"] - GLOBAL["w"]
+    if rule == "aligned":  # votes [+, 0, -, 0]: every honest reply has trust 0.5, node 14 none
+        honest = np.array([3.0, 1.0, -3.0, -1.0]) / 3  # the mean of the honest replies alone
+        np.testing.assert_allclose(change, np.mean(np.abs(honest)) * np.sign(honest), rtol=1e-6)
+    else:  # the plain mean cancels the honest majority on two coordinates
+        np.testing.assert_allclose(change, 0.25 * np.array([1.0, 1.0, -1.0, 1.0]), rtol=1e-6)
+
+
 def float32_reply(node, w, examples, mean, sigma):
     state = {
         "w": np.asarray(w, np.float32),
@@ -192,7 +224,7 @@ def test_clip_scales_per_tensor():
 
 def test_cap_examples():
     assert cap_examples([10, 30, 60, 100_000], 2.0) == ([10, 30, 60, 90], [False] * 3 + [True])
-    assert cap_examples([10, 30, 60], 0) == ([30, 30, 30], [True, False, True])
+    assert cap_examples([10, 30, 60], 0) == ([30, 30, 30], [False] * 3)  # uniform: no claim counts
 
 
 @pytest.mark.parametrize(
