@@ -61,7 +61,7 @@ __all__ = [
 
 NAME = "hostile"
 #: rule -> recipe it is measured with
-RULES = {"mean": "lowcost", "majority": "lowcost", "fedavg": "standard"}
+RULES = {"mean": "lowcost", "aligned": "lowcost", "majority": "lowcost", "fedavg": "standard"}
 ATTACKS = ("flip", "scale", "real", "examples", "random", "alie")
 #: label -> (partition kind, Dirichlet alpha)
 PARTITIONS = {"iid": ("iid", 0.5), "dirichlet": ("dirichlet", 0.5)}
