@@ -54,7 +54,10 @@ def test_partition_stats_on_mnist_folder(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "pattern"),
     [
-        (["partition-stats", "--clients", "5000"], "5000 clients but only 1438 examples"),
+        (
+            ["partition-stats", "--clients", "5000", "--kind", "shards"],
+            "5000 clients x 2 shards = 10000 shards but only 1438 examples",
+        ),
         (["partition-stats", "--kind", "dirichlet", "--alpha", "0"], "alpha must be > 0"),
         (["partition-stats", "--dataset", "svhn"], "svhn: no root folder given"),
         (
