@@ -4,8 +4,9 @@ Each round a client (1) brings its on-disk replica of the global model to the se
 (full model once, then binarized deltas), (2) trains it on its own data, (3) sends the sign of
 the change plus one scale per weight tensor, with error feedback, and its batch-norm state as
 float16 (:mod:`client.exchange`). ``strategy=fedavg`` swaps (1) and (3) for Flower's float32
-state. Peak memory, time and bytes are added by a mod (:mod:`client.mods`). See the README's
-"Federation" section for exactly what travels.
+state. Peak memory, time and bytes are added by a mod (:mod:`client.mods`). A client without a
+training example (a population larger than the dataset) answers ``empty`` = 1 with no arrays and
+touches no state. See the README's "Federation" section for exactly what travels.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def train(msg: Message, context: Context) -> Message:
     cfg = from_run_config(context.run_config)
     federated.set_threads(cfg)
     data = federated.local_data(cfg, context.node_config)
+    if len(data.train_idx) == 0:  # a population larger than the dataset: nothing to train on
+        empty = {codec.NUM_EXAMPLES: 0, codec.EMPTY: 1}
+        return Message(RecordDict({METRICS: MetricRecord(empty)}), reply_to=msg)
     model = federated.new_model(cfg, data.dataset)
     spec = model_spec(model)
 

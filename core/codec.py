@@ -462,3 +462,4 @@ PEAK_MEMORY = "peak-memory"  # int: peak resident memory of the client process t
 TRAIN_TIME = "train-time"  # float: seconds of local training
 MODEL_VERSION = "model-version"  # int: global-model version the update was trained from
 NEED_FULL = "need-full"  # int 1: the client has no usable replica and sent no update
+EMPTY = "empty"  # int 1: the client holds no training example (K > N) and sent no update

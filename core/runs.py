@@ -40,7 +40,9 @@ def check_trained(rounds: list[dict]) -> None:
     if ran and all(r.get("skipped") for r in ran):
         failed = sum(int(r.get("failed", 0)) for r in ran)
         rejected = sum(int(r.get("rejected", 0)) for r in ran)
+        empty = sum(int(r.get("empty", 0)) for r in ran)
         raise RunFailed(
             f"no round produced an update ({len(ran)} rounds skipped; {failed} client failures, "
-            f"{rejected} rejected replies): see the per-round table and the server log for why"
+            f"{rejected} rejected replies, {empty} clients without a training example): see the "
+            "per-round table and the server log for why"
         )

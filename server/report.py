@@ -27,6 +27,7 @@ _COLUMNS = [
     ("peak_memory", "peak MiB", "{:.0f}"),
     ("valid", "ok", "{:d}"),
     ("rejected", "bad", "{:d}"),
+    ("empty", "empty", "{:d}"),  # clients without a training example (population > dataset)
 ]
 
 
@@ -109,7 +110,8 @@ def summary(metrics: dict[str, Any]) -> str:
         return (
             f"no round produced an update: all {len(rounds)} rounds skipped "
             f"({sum(int(r.get('failed', 0)) for r in rounds)} client failures, "
-            f"{sum(int(r.get('rejected', 0)) for r in rounds)} rejected replies); final global "
+            f"{sum(int(r.get('rejected', 0)) for r in rounds)} rejected replies, "
+            f"{sum(int(r.get('empty', 0)) for r in rounds)} empty clients); final global "
             f"test accuracy {last['accuracy']:.4f} is the untrained model's"
         )
 

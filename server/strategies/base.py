@@ -16,7 +16,7 @@ everything else is shared here:
   every magnitude it carries, relative to the round's robust statistics; one logged line per
   clipped node), applies the rule, and records the round's statistics
   (:attr:`~BitFedStrategy.round_stats`: sampled, valid, rejected, clipped, failed nodes and why,
-  bytes).
+  empty replies of clients without a training example, bytes).
 """
 
 from __future__ import annotations
@@ -309,6 +309,7 @@ class BitFedStrategy(FedAvg):
         valid: list[Reply] = []
         failures: dict[str, str] = {}
         rejected = 0
+        empty: list[int] = []  # nodes with no training example (a population larger than N)
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -316,6 +317,9 @@ class BitFedStrategy(FedAvg):
                 log(WARNING, "round %d: node %d failed: %s", run_round, node, msg.error.reason)
                 continue
             metrics = msg.content.metric_records.get(METRICS)
+            if metrics is not None and metrics.get(codec.EMPTY) == 1:
+                empty.append(node)  # answered without an update: neither valid nor rejected
+                continue
             if metrics is not None and metrics.get(codec.NEED_FULL) == 1:
                 self.node_version[node] = -1
                 log(
@@ -330,7 +334,7 @@ class BitFedStrategy(FedAvg):
             except CodecError as exc:
                 rejected += 1
                 log(WARNING, "round %d: rejected reply from node %d: %s", run_round, node, exc)
-        answered = {r.node for r in valid} | {int(n) for n in failures}
+        answered = {r.node for r in valid} | {int(n) for n in failures} | set(empty)
         silent = [n for n in self._sent if n not in answered]
         stats: dict[str, Any] = {
             "sampled": len(self._sent),
@@ -338,6 +342,7 @@ class BitFedStrategy(FedAvg):
             "rejected": rejected,
             "clipped": 0,
             "failed": len(failures),
+            "empty": len(empty),
             "downlink_bytes": float(np.mean(list(self._sent.values()))) if self._sent else 0.0,
         }
         if failures:
@@ -348,14 +353,15 @@ class BitFedStrategy(FedAvg):
             log(
                 WARNING,
                 "round %d skipped: %d valid replies (%d sampled: %d failed, %d rejected, %d "
-                "silent), fewer than federation.min_clients=%d; the global model stays at "
-                "version %d",
+                "silent, %d empty), fewer than federation.min_clients=%d; the global model "
+                "stays at version %d",
                 run_round,
                 len(valid),
                 len(self._sent),
                 len(failures),
                 rejected,
                 len(silent),
+                len(empty),
                 self.cfg.federation.min_clients,
                 self.version,
             )
