@@ -28,6 +28,7 @@ __all__ = [
     "set_threads",
     "load_split",
     "local_data",
+    "check_population",
     "new_model",
     "state_of",
     "load_state",
@@ -74,6 +75,36 @@ def local_data(cfg: ExperimentConfig, node_config: dict) -> LocalData:
     ds = load_split(cfg, "train", str(node_config.get("data-root") or "") or None)
     train_idx, val_idx = client_split(ds.labels, num, cfg.partition, pid)
     return LocalData(ds, train_idx, val_idx)
+
+
+def check_population(cfg: ExperimentConfig) -> tuple[int, int]:
+    """Partition the training set among ``federation.num_clients`` clients once, before round 1.
+
+    Returns ``(examples, clients without an example)``. Raises :class:`core.data.DataError` when
+    the partition is impossible (e.g. ``shards`` needing more examples than there are) and
+    ``ValueError`` when fewer clients hold an example than ``federation.min_clients``: every
+    round would be skipped. A population larger than the dataset is fine: its empty clients
+    answer without an update.
+    """
+    from core.data.partition import partition_table
+
+    labels = load_split(cfg, "train").labels
+    p, fed = cfg.partition, cfg.federation
+    sizes = partition_table(
+        labels,
+        fed.num_clients,
+        p.kind,
+        alpha=p.alpha,
+        shards_per_client=p.shards_per_client,
+        seed=p.seed,
+    ).sizes()
+    holding = int((sizes > 0).sum())
+    if holding < fed.min_clients:
+        raise ValueError(
+            f"federation.min_clients ({fed.min_clients}) exceeds the {holding} clients that hold "
+            f"a training example ({len(labels)} examples, {fed.num_clients} clients); lower it"
+        )
+    return len(labels), fed.num_clients - holding
 
 
 def new_model(cfg: ExperimentConfig, dataset) -> torch.nn.Module:

@@ -12,7 +12,7 @@ from server.strategies import build_strategy
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
-POPULATION = 3000  # digits holds 1,437 training examples: partitions 1437.. are empty
+POPULATION = 3000  # digits holds 1,438 training examples: partitions 1438.. are empty
 NODES = {201: 5, 202: 2999}  # node id -> partition id
 
 
