@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -51,7 +52,7 @@ PROCESS_KINDS = (
     "flower-superexec",
     "flower-supernode",
 )
-ROUND_LINE = re.compile(r"round (\d+)/(\d+): accuracy ([0-9.]+).*?(\(skipped\))?\s*$")
+ROUND_LINE = re.compile(r"round (\d+)/(\d+): accuracy ([0-9.]+)(.*)$")
 SENT_LINE = re.compile(r"round (\d+): sent to (\d+) nodes \(([^)]*)\)")
 RESUME_LINE = re.compile(r"resuming from (\S+): (\d+) rounds done")
 
@@ -63,6 +64,8 @@ __all__ = [
     "device_footprint",
     "engine_problem",
     "federation_overrides",
+    "isolated_copy",
+    "measure",
 ]
 
 
@@ -162,7 +165,7 @@ class Submission:
         found = {}
         for line in self.lines:
             if m := ROUND_LINE.search(line):
-                found[int(m.group(1))] = (float(m.group(3)), m.group(4) is not None)
+                found[int(m.group(1))] = (float(m.group(3)), "(skipped" in m.group(4))
         return found
 
     def payloads(self) -> dict[int, str]:
@@ -218,9 +221,9 @@ class Federation:
             raise RuntimeError(f"docker-compose {' '.join(args)} failed: {detail}")
         return proc
 
-    def up(self, timeout: float = 180.0) -> None:
+    def up(self, *extra: str, timeout: float = 180.0) -> None:
         """Start every service (no build) and wait until the SuperLink answers HTTP(S)."""
-        self.compose("up", "-d", "--no-build", timeout=timeout)
+        self.compose("up", "-d", "--no-build", *extra, timeout=timeout)
         self.wait_superlink()
 
     def wait_superlink(self, timeout: float = 90.0) -> None:
@@ -231,6 +234,13 @@ class Federation:
                 return
             time.sleep(0.5)
         raise RuntimeError(f"the SuperLink of {self.project} did not answer on {self.port}")
+
+    def save_logs(self, path: Path | None = None) -> Path:
+        """Write every service's log (``docker-compose logs``) to ``path`` (default: workdir)."""
+        path = path or self.workdir / f"{self.project}.log"
+        proc = self.compose("logs", "--no-color", "--timestamps", timeout=120, check=False)
+        path.write_text(proc.stdout + proc.stderr)
+        return path
 
     def down(self, volumes: bool = True) -> None:
         """Stop and remove containers and networks (and named volumes unless ``volumes=False``)."""
@@ -255,7 +265,15 @@ class Federation:
         return json.loads(proc.stdout)[0]
 
     def services(self) -> list[str]:
-        return self.compose("config", "--services").stdout.split()
+        """Services with a running container."""
+        running = set(self.compose("ps", "--services", "--filter", "status=running").stdout.split())
+        return [s for s in self.compose("config", "--services").stdout.split() if s in running]
+
+    def config(self) -> dict[str, Any]:
+        """The merged compose configuration (``docker-compose config``)."""
+        import yaml
+
+        return yaml.safe_load(self.compose("config").stdout)
 
     # --- runs --------------------------------------------------------------------------------
     def submit(
@@ -384,6 +402,17 @@ def reset_cgroup_peak(pid: int) -> bool:
     return True
 
 
+def _anon_bytes(folder: Path) -> int | None:
+    """Anonymous memory charged to a memory cgroup (``total_rss`` on v1, ``anon`` on v2)."""
+    try:
+        lines = (folder / "memory.stat").read_text().splitlines()
+    except OSError:
+        return None
+    stat = dict(line.split(" ", 1) for line in lines if " " in line)
+    value = stat.get("total_rss", stat.get("anon"))
+    return int(value) if value is not None else None
+
+
 def _process_kind(pid: int) -> str | None:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -418,6 +447,7 @@ class PeakSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._cgroups: dict[str, Path] = {}
+        self.anon_peaks: dict[str, int] = {}  # cgroup's anonymous memory (no page cache), max
 
     def __enter__(self) -> PeakSampler:
         for service in self.services:
@@ -439,6 +469,9 @@ class PeakSampler:
                     pids = [int(p) for p in (folder / "cgroup.procs").read_text().split()]
                 except OSError:
                     continue
+                anon = _anon_bytes(folder)
+                if anon is not None:
+                    self.anon_peaks[service] = max(self.anon_peaks.get(service, 0), anon)
                 for pid in pids:
                     kind, hwm = _process_kind(pid), _vm_hwm(pid)
                     if kind is None or hwm is None:
@@ -477,30 +510,104 @@ def device_footprint(containers: dict[str, Any]) -> dict[str, dict[str, int | No
     for k in range(1, NUM_DEVICES + 1):
         node = containers.get(f"supernode-{k}", {}).get("peak")
         app = containers.get(f"superexec-clientapp-{k}", {}).get("peak")
-        total = node + app if node is not None and app is not None else None
+        total = None if node is None else node + (app or 0)  # no executor: one container
         devices[f"device-{k}"] = {"supernode": node, "clientapp_executor": app, "total": total}
     return devices
 
 
 # --- benchmark -----------------------------------------------------------------------------------
-def measure(
-    image: str, rounds: int, workdir: Path, root: Path = ROOT, env: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """One plain federation (compose.yaml): run ``rounds`` rounds, return the footprint record."""
-    fed = Federation([BASE], image, workdir, root=root, env=env or {})
+def isolated_copy(image: str) -> str:
+    """A one-layer copy of ``image`` (same files and settings, its own files on disk).
+
+    Containers of one image share its files' page cache, and a cgroup is charged only for the
+    pages it faults in first: a device started after others would look smaller than it is on a
+    board of its own. A device run from this copy pays for every page it touches.
+    """
+    info = json.loads(_docker("image", "inspect", image))[0]
+    tag = f"bitfed-isolated:{info['Id'].split(':')[-1][:12]}"
+    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
+        return tag
+    config = info["Config"]
+    changes = [f"ENV {e}" for e in config.get("Env") or []]
+    changes += [f"WORKDIR {config['WorkingDir']}"] if config.get("WorkingDir") else []
+    changes += [f"USER {config['User']}"] if config.get("User") else []
+    container = _docker("create", image, "true").strip()
     try:
-        fed.up()
+        export = subprocess.Popen(["docker", "export", container], stdout=subprocess.PIPE)
+        args = [arg for change in changes for arg in ("--change", change)]
+        subprocess.run(
+            ["docker", "import", *args, "-", tag], stdin=export.stdout, check=True, timeout=1800,
+            capture_output=True,
+        )  # fmt: skip
+        export.wait()
+    finally:
+        _docker("rm", "-f", container)
+    return tag
+
+
+def _docker(*args: str) -> str:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=True, timeout=1800
+    ).stdout
+
+
+def measure(
+    image: str,
+    rounds: int,
+    workdir: Path,
+    root: Path = ROOT,
+    env: dict[str, str] | None = None,
+    extra_files: Sequence[Path] = (),
+    isolate_device: int | None = 1,
+    one_container_devices: bool = False,
+) -> dict[str, Any]:
+    """One plain federation (compose.yaml): run ``rounds`` rounds, return the footprint record.
+
+    ``isolate_device=K`` runs device K (its SuperNode and ClientApp executor) from
+    :func:`isolated_copy`, so its cgroup peaks are those of a device on its own.
+    ``one_container_devices`` runs each SuperNode with ``--isolation subprocess`` (it starts
+    its ClientApps itself) and no ClientApp-executor container: one container per device.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = [BASE, *map(str, extra_files)]
+    overrides: dict[str, dict[str, Any]] = {}
+    up_args: list[str] = []
+    if isolate_device:
+        copy = isolated_copy(image)
+        for name in ("supernode", "superexec-clientapp"):
+            overrides.setdefault(f"{name}-{isolate_device}", {})["image"] = copy
+    if one_container_devices:
+        config = Federation(files, image, workdir, root=root, env=env or {}).config()
+        for k in range(1, NUM_DEVICES + 1):
+            command = config["services"][f"supernode-{k}"]["command"]
+            at = command.index("--isolation") + 1
+            command = [*command[:at], "subprocess", *command[at + 1 :]]
+            overrides.setdefault(f"supernode-{k}", {})["command"] = command
+            up_args += ["--scale", f"superexec-clientapp-{k}=0"]
+    if overrides:
+        override = workdir / "measure-override.yaml"
+        override.write_text(json.dumps({"services": overrides}))  # JSON is YAML
+        files.append(str(override))
+    fed = Federation(files, image, workdir, root=root, env=env or {})
+    try:
+        fed.up(*up_args)
         services = fed.services()
         with PeakSampler(fed, services) as sampler:
             run = fed.submit(federation_overrides(rounds), timeout=900)
         containers = container_memory(fed, services)
+        for service, anon in sampler.anon_peaks.items():
+            containers[service]["anon_peak"] = anon
+        fed.save_logs()
     finally:
         fed.down()
+    (workdir / "run.log").write_text(run.text + "\n")
     if run.returncode != 0:
-        raise RuntimeError(f"the run failed (exit {run.returncode}): {run.text[-800:]}")
+        raise RuntimeError(f"the run failed (exit {run.returncode}); its output: {workdir}/run.log")
     return {
         "image": image,
         "image_bytes": _image_size(image),
+        "isolated_device": f"device-{isolate_device}" if isolate_device else None,
+        "one_container_devices": one_container_devices,
         "rounds": {str(k): {"accuracy": a, "skipped": s} for k, (a, s) in run.rounds().items()},
         "run_seconds": round(run.seconds, 1),
         "containers": containers,
@@ -527,19 +634,41 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--env", action="append", default=[], metavar="K=V", help="compose variable (repeatable)"
     )
     parser.add_argument(
+        "--extra-file", action="append", default=[], type=Path, help="another compose file"
+    )
+    parser.add_argument(
+        "--isolate-device", type=int, default=1, help="device run from its own image copy (0: none)"
+    )
+    parser.add_argument(
+        "--one-container-devices",
+        action="store_true",
+        help="SuperNodes with --isolation subprocess, no ClientApp-executor containers",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "compose_footprint.json"
     )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: compose down
     problem = engine_problem()
     if problem:
         sys.exit(f"benchmarks.compose: {problem}")
     image = args.image or build_image(args.root)
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bitfed-compose-{secrets.token_hex(4)}"
     env = dict(kv.split("=", 1) for kv in args.env)
-    record = measure(image, args.rounds, workdir, root=args.root, env=env)
+    record = measure(
+        image,
+        args.rounds,
+        workdir,
+        root=args.root,
+        env=env,
+        extra_files=[f.resolve() for f in args.extra_file],
+        isolate_device=args.isolate_device or None,
+        one_container_devices=args.one_container_devices,
+    )
     record |= {
         "note": args.note,
         "env": env,
+        "extra_files": [f.name for f in args.extra_file],
         "date": time.strftime("%Y-%m-%d"),
         "host": f"{os.cpu_count()} cores, torch threads 1 per ClientApp",
     }
