@@ -7,11 +7,13 @@ high-water mark, saved bytes, state bytes); the model, optimizer and batch are b
 :func:`core.memory.measure_recipe` builds them (:func:`core.planner.measured_peak`'s recipe:
 random 8-bit pixels, uint8 codes for the low-cost recipes). Step time: ``--rounds`` fresh
 subprocesses per recipe with stock glibc, lowcost and lowcost-bop interleaved (a shared machine's
-load then hits both alike), each timing ``--steps`` steps with :func:`core.memory.time_steps`;
-the figure is the median over all timed steps. Accuracy: the MNIST MLP trained centrally for
-``--epochs`` epochs (batch 100, lr 1e-3, seed 0) with :func:`core.train.fit` under lowcost and
-lowcost-bop, test accuracy by :func:`core.train.evaluate` after every epoch (MNIST from
-``--mnist``, default ``../shared/data/mnist``).
+load then hits both alike), each timing ``--steps`` steps with :func:`core.memory.time_steps`
+(wall clock) and ``--steps`` more by ``time.process_time`` (CPU time, robust to other
+processes on a shared machine); the figures are medians over all timed steps. Accuracy: the
+MNIST MLP trained centrally for ``--epochs`` epochs (batch 100, lr 1e-3, seed 0) with
+:func:`core.train.fit` under lowcost and lowcost-bop (two concurrent subprocesses), test
+accuracy by :func:`core.train.evaluate` after every epoch (MNIST from ``--mnist``, default
+``../shared/data/mnist``).
 
 ``--quick``: MLP only, 2 timing rounds, 1 epoch.
 """
@@ -25,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +76,23 @@ def _build(model_name: str, recipe: str, batch: int, seed: int = 0):
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one phase (``memory`` or ``time``) of one model/recipe in this (fresh) process."""
+    """Run one phase (``memory``, ``time`` or ``accuracy``) in this (fresh) process."""
     import torch
 
-    from core.memory import measure_step, time_steps
+    from core.memory import measure_step, time_steps, training_step
 
+    if spec["phase"] == "accuracy":
+        return train_mnist(spec["recipe"], spec["root"], int(spec["epochs"]), int(spec["threads"]))
     torch.set_num_threads(int(spec["threads"]))
     model, optimizer, x, y = _build(spec["model"], spec["recipe"], int(spec["batch"]))
-    if spec["phase"] == "time":
-        return {"step_seconds_all": time_steps(model, optimizer, x, y, steps=int(spec["steps"]))}
+    if spec["phase"] == "time":  # wall time (the project's time_steps), then CPU time
+        wall = time_steps(model, optimizer, x, y, steps=int(spec["steps"]))
+        cpu = []
+        for _ in range(int(spec["steps"])):
+            t0 = time.process_time()
+            training_step(model, optimizer, x, y)
+            cpu.append(time.process_time() - t0)
+        return {"step_seconds_all": wall, "cpu_seconds_all": cpu}
     return measure_step(model, optimizer, x, y, steps=0).as_dict()
 
 
@@ -128,72 +139,107 @@ def measure_time(
     rows = []
     for model_name in models:
         times: dict[str, list[float]] = {"lowcost": [], "lowcost-bop": []}
+        cpu: dict[str, list[float]] = {"lowcost": [], "lowcost-bop": []}
         for _ in range(rounds):
             for recipe in times:
                 spec = {"model": model_name, "recipe": recipe, "batch": BATCH, "phase": "time",
                         "threads": threads, "steps": steps}  # fmt: skip
-                times[recipe] += _run_worker(spec, pinned=False, timeout=timeout)[
-                    "step_seconds_all"
-                ]
-        med = {r: statistics.median(t) for r, t in times.items()}
-        rows.append(
-            {
-                "model": model_name,
-                "batch": BATCH,
-                "step_seconds": med,
-                "step_seconds_all": times,
-                "time_ratio_bop_over_lowcost": med["lowcost-bop"] / med["lowcost"],
-            }
+                got = _run_worker(spec, pinned=False, timeout=timeout)
+                times[recipe] += got["step_seconds_all"]
+                cpu[recipe] += got["cpu_seconds_all"]
+        wall = {r: statistics.median(t) for r, t in times.items()}
+        cpu_med = {r: statistics.median(t) for r, t in cpu.items()}
+        row = {
+            "model": model_name,
+            "batch": BATCH,
+            "step_seconds": wall,
+            "cpu_seconds": cpu_med,
+            "step_seconds_all": times,
+            "cpu_seconds_all": cpu,
+            "time_ratio_bop_over_lowcost": wall["lowcost-bop"] / wall["lowcost"],
+            "cpu_ratio_bop_over_lowcost": cpu_med["lowcost-bop"] / cpu_med["lowcost"],
+        }
+        rows.append(row)
+        ratio_wall, ratio_cpu = (
+            row["time_ratio_bop_over_lowcost"],
+            row["cpu_ratio_bop_over_lowcost"],
         )
         print(
-            f"{model_name}: step s {med}, bop/lowcost {rows[-1]['time_ratio_bop_over_lowcost']:.3f}"
+            f"{model_name}: median step wall {wall}, CPU {cpu_med}; lowcost-bop / lowcost: "
+            f"wall {ratio_wall:.3f}, CPU {ratio_cpu:.3f}",
+            flush=True,
         )
     return rows
 
 
-def measure_accuracy(root: Path, epochs: int, threads: int) -> list[dict[str, Any]]:
-    """Central MNIST MLP: test accuracy after every epoch, lowcost and lowcost-bop."""
+def train_mnist(recipe: str, root: str, epochs: int, threads: int) -> dict[str, Any]:
+    """Central MNIST MLP under ``recipe``: test accuracy after every epoch (one process)."""
     import torch
 
     from core import build_model, build_optimizer, evaluate, fit
     from core.bop import BopConfig
     from core.data import ImageLoader, load_dataset
 
+    torch.set_num_threads(threads)
+    train, test = load_dataset("mnist", root, "train"), load_dataset("mnist", root, "test")
+    torch.manual_seed(0)
+    model = build_model("mlp", recipe, in_shape=(1, 28, 28))
+    optimizer = build_optimizer(model, recipe, 1e-3)
+    loader = ImageLoader(train, None, batch_size=BATCH, shuffle=True, seed=0, raw=True)
+    test_loader = ImageLoader(test, None, batch_size=1000, shuffle=False, raw=True)
+    history, t0 = [], time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        fitted = fit(model, optimizer, loader, epochs=1)
+        acc = evaluate(model, test_loader).accuracy
+        flips = sum(s.get("flips", 0) for s in optimizer.state.values())
+        history.append({"epoch": epoch, "train_accuracy": fitted.accuracy,
+                        "test_accuracy": acc, "last_step_flips": flips})  # fmt: skip
+        print(f"mnist mlp {recipe} epoch {epoch}: test {acc:.4f}", file=sys.stderr, flush=True)
+    row = {"recipe": recipe, "epochs": epochs, "test_accuracy": history[-1]["test_accuracy"],
+           "history": history, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    if recipe == "lowcost-bop":
+        cfg = BopConfig()
+        row["bop"] = {"gamma": cfg.gamma, "threshold": cfg.threshold}
+    return row
+
+
+def measure_accuracy(
+    root: Path, epochs: int, threads: int, timeout: float
+) -> Callable[[], list[dict[str, Any]]]:
+    """Start :func:`train_mnist` for lowcost and lowcost-bop as two concurrent subprocesses.
+
+    Returns a function that waits for both and returns their results.
+    """
     if not (root / "train-images-idx3-ubyte.gz").exists():
         raise SkipBenchmark(f"MNIST not found at {root}; pass --mnist DIR")
-    torch.set_num_threads(threads)
-    train, test = (
-        load_dataset("mnist", str(root), "train"),
-        load_dataset("mnist", str(root), "test"),
-    )
-    rows = []
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    procs = []
     for recipe in ("lowcost", "lowcost-bop"):
-        torch.manual_seed(0)
-        model = build_model("mlp", recipe, in_shape=(1, 28, 28))
-        optimizer = build_optimizer(model, recipe, 1e-3)
-        loader = ImageLoader(train, None, batch_size=BATCH, shuffle=True, seed=0, raw=True)
-        test_loader = ImageLoader(test, None, batch_size=1000, shuffle=False, raw=True)
-        history, t0 = [], time.perf_counter()
-        for epoch in range(1, epochs + 1):
-            fitted = fit(model, optimizer, loader, epochs=1)
-            acc = evaluate(model, test_loader).accuracy
-            flips = sum(s.get("flips", 0) for s in optimizer.state.values())
-            history.append({"epoch": epoch, "train_accuracy": fitted.accuracy,
-                            "test_accuracy": acc, "last_step_flips": flips})  # fmt: skip
-            print(f"mnist mlp {recipe} epoch {epoch}: test {acc:.4f}", flush=True)
-        row = {"recipe": recipe, "epochs": epochs, "test_accuracy": history[-1]["test_accuracy"],
-               "history": history, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-        if recipe == "lowcost-bop":
-            cfg = BopConfig()
-            row["bop"] = {"gamma": cfg.gamma, "threshold": cfg.threshold}
-        rows.append(row)
-    return rows
+        spec = {"phase": "accuracy", "recipe": recipe, "root": str(root), "epochs": epochs,
+                "threads": threads}  # fmt: skip
+        cmd = [sys.executable, "-m", "benchmarks.bop", "--worker", json.dumps(spec)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env))
+
+    def wait() -> list[dict[str, Any]]:
+        rows = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                raise RuntimeError(f"MNIST training failed with exit status {proc.returncode}")
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+        return rows
+
+    return wait
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Memory, time and accuracy (see the module docstring)."""
     models = ("mlp",) if args.quick else MODELS
     rounds, epochs = (2, 1) if args.quick else (args.rounds, args.epochs)
+    training = None  # the MNIST runs start first and train while memory and time are measured
+    if not args.skip_accuracy:
+        training = measure_accuracy(args.mnist, epochs, args.threads, args.timeout * epochs)
     memory = measure_memory(models, args.threads, args.timeout)
     by = {(r["model"], r["recipe"]): r["measured"] for r in memory}
     ratios = []
@@ -214,7 +260,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
     timing = measure_time(models, args.threads, rounds, args.steps, args.timeout)
-    accuracy = [] if args.skip_accuracy else measure_accuracy(args.mnist, epochs, args.threads)
+    accuracy = [] if training is None else training()
     return {
         "config": {
             "models": list(models),

@@ -53,6 +53,14 @@ _POPCOUNT = torch.tensor([bin(k).count("1") for k in range(256)], dtype=torch.in
 class BopConfig:
     """Bop hyper-parameters for sign gradients (see the module docstring for their units).
 
+    Defaults from a sweep on the MNIST MLP (batch 100, lr 1e-3 for the real-valued state; test
+    accuracy after one epoch): gamma 1e-3 with tau 0.02 gave 94.5 %, tau 0.005 93.2 %, tau 0.04
+    93.8 %; gamma 3e-4 / tau 0.006 94.3 %; gamma 3e-3 / tau 0.03 93.2 %; gamma 1e-2 / tau 0.1
+    90.5 % (lowcost: 92.7 %). So a memory of ~1000 steps and ~20 agreeing steps (tau / gamma) per
+    flip. The paper's values (gamma 1e-4..1e-3, tau 1e-8..1e-6 on raw gradients, arXiv
+    1906.02107 §5) are in gradient units: on sign gradients such a tau is ~0, which flips every
+    weight whose moment merely leans its way (93.2 % at tau 0.005, below).
+
     Attributes
     ----------
     gamma : float
@@ -62,7 +70,7 @@ class BopConfig:
     """
 
     gamma: float = 1e-3
-    threshold: float = 1e-3
+    threshold: float = 2e-2
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gamma <= 1.0:
