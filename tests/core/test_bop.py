@@ -265,3 +265,27 @@ def test_load_weight_signs_rejects_wrong_shape():
     assert isinstance(layer, PackedGradLayer) and layer.packed_weight
     with pytest.raises(ValueError, match="shape"):
         layer.load_weight_signs_(torch.ones(16, 4))
+
+
+def test_sign_update_of_a_binary_client_carries_its_weights():
+    """Proposed federation semantics: the replica stays real, the client trains sign(replica),
+    delta = local(+-1) - replica; where |replica| < 1 its sign is the client's weight itself."""
+    from core.codec import ModelSpec, TensorSpec, compress
+
+    torch.manual_seed(0)
+    model = build_model("mlp", BOP, num_classes=4, in_shape=(1, 8, 8))
+    names = weight_names(model)
+    replica = {k: v.float() * 0.5 for k, v in float_state(model).items()}  # |w| = 0.5 < 1
+    load_float_state_(model, replica)
+    opt = build_optimizer(model, BOP, bop=BopConfig(gamma=0.5, threshold=0.0))
+    F.cross_entropy(model(codes(8, (1, 8, 8))), torch.arange(8) % 4).backward()
+    opt.step()
+    local = float_state(model)
+    assert any(not torch.equal(local[k], replica[k].sign().half()) for k in names)  # flips
+    spec = ModelSpec(tuple(TensorSpec(k, tuple(local[k].shape), "sign") for k in names))
+    delta = {k: (local[k].float() - replica[k]).numpy() for k in names}
+    signs, scales, residual = compress(delta, None, spec)
+    for k in names:
+        sent = np.where(np.unpackbits(signs[k], count=local[k].numel()) == 1, -1.0, 1.0)
+        np.testing.assert_array_equal(sent, local[k].float().numpy().ravel())  # the weights
+        assert scales[k] == pytest.approx(float(np.abs(delta[k]).mean()), rel=1e-6)
