@@ -521,7 +521,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         return result
     if args.valgrind_from:
         valgrind = json.loads(Path(args.valgrind_from).read_text())
-        valgrind = valgrind.get("valgrind", valgrind)
+        if "per_step" not in valgrind:  # a whole energy.json: its "valgrind" part
+            valgrind = valgrind["valgrind"]
         for row in valgrind["per_step"]:  # figures = the last (warm-cache) step
             row |= {k: row["steps"][-1][k] for k in CG_EVENTS}
             row["dram_bytes"] = (row["DLmr"] + row["DLmw"]) * CACHE_LINE_BYTES
