@@ -18,12 +18,15 @@ import pytest
 from benchmarks.hostile import honest_handler
 from benchmarks.local_grid import LocalGrid
 from client.state import ClientState, state_path
+from core import codec, federated
+from core.codec import model_spec
 from core.config import (
     ExperimentConfig,
     FederationConfig,
     TrainConfig,
     to_run_config,
 )
+from glue.records import to_record, wire_bytes
 from server.checkpoint import Checkpoint
 from server.server_app import run_server
 
@@ -64,10 +67,14 @@ def assert_replica_is_global(state_dir, client, ckpt):
 def test_resumed_server_sends_deltas_and_replicas_follow(tmp_path):
     out, state_dir = tmp_path / "run", tmp_path / "run" / "client-state"
     first = run_server(grid(config(tmp_path, 2), 10), config(tmp_path, 2))
-    full_bytes = first["rounds"][1]["downlink_bytes"]
+    assert first["rounds"][1]["downlink_bytes"] == 0  # version 0 is built from the seed
     delta_bytes = first["rounds"][2]["downlink_bytes"]
-    assert delta_bytes < full_bytes / 10
     after2 = Checkpoint.load(out)
+    spec = model_spec(
+        federated.new_model(config(tmp_path, 2), federated.load_split(config(tmp_path, 2), "test"))
+    )
+    full_bytes = wire_bytes(to_record(codec.encode_full(after2.global_state, spec)))
+    assert delta_bytes < full_bytes / 10
     assert after2.last_delta is not None and after2.version == 2
     state_path(state_dir, "2").unlink()  # client 2 lost its disk
 
