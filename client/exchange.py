@@ -5,6 +5,8 @@ state for the ``fedavg`` baseline, or this device's replica brought to the serve
 model once, then 1-bit deltas, :func:`client.state.sync_replica`). :func:`reply_arrays` encodes
 what training changed: the float32 state, or ``sign(change + residual)`` with one scale per
 weight tensor and the float16 real-valued state, keeping the new error-feedback residual.
+With ``federation.compact_state`` the saved state holds no replica: :func:`receive` rebuilds it
+from what the server published in the shared state folder (:mod:`core.replica_store`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from client.state import (
 from core import codec, federated
 from core.codec import FLOAT32, ModelSpec, SignUpdate, compress, decode_float32, encode_update
 from core.config import ExperimentConfig
+from core.replica_store import ReplicaStore, shared_state_dir
 from glue.records import from_record, to_record
 
 __all__ = ["Start", "receive", "reply_arrays"]
@@ -68,6 +71,10 @@ def receive(
     path = state_path(client_state_dir(cfg, node_config), client_identity(node_config))
     lineage = str(conf[codec.LINEAGE])
     held = ClientState.load(path, lineage)
+    if held is not None and cfg.federation.compact_state and not held.replica:
+        store = ReplicaStore(shared_state_dir(cfg))
+        replica = store.replica(lineage, held.version, held.origin, spec)
+        held.replica, held.version = (replica, held.version) if replica else ({}, -1)
     have = held.version if held is not None else -1
     base = int(conf[codec.BASE_VERSION])
     digest = conf.get(codec.SEED_DIGEST)
@@ -88,10 +95,12 @@ def reply_arrays(
     delta = {t.name: local[t.name] - start.weights[t.name] for t in spec.sign}
     ef = cfg.strategy.error_feedback
     residual = start.state.residual if ef else None
-    if residual is not None and any(t.name not in residual for t in spec.sign):
+    if residual is not None and any(
+        t.name not in residual or residual[t.name].shape != t.shape for t in spec.sign
+    ):
         residual = None
     signs, scales, new_residual = compress(delta, residual, spec)
     start.state.residual = new_residual if ef else None
-    start.state.save(start.path)
+    start.state.save(start.path, compact=cfg.federation.compact_state)
     update = SignUpdate(signs, scales, {t.name: local[t.name] for t in spec.real})
     return to_record(encode_update(update, spec))

@@ -5,13 +5,18 @@ empty state), so the replica of the global model (to apply 1-bit downlink update
 error-feedback residual are saved here, atomically, keyed by a stable client identity from the
 node config. A state whose ``lineage`` (the server's run identity) differs is somebody else's
 model: it is ignored, and the server's full model replaces it.
+
+With ``federation.compact_state`` (simulation, or a state folder the server shares) a client
+saves no replica: only its version, where its replica started (``origin``) and its residual as
+float16 with one float32 scale per tensor (``r ≈ s · fp16(r / s)``, ``s = max|r|``); the replica
+is rebuilt from the server's published versions (:mod:`core.replica_store`). That is about 0.8 MB
+instead of 3.2 MB for the MNIST MLP. A real device keeps its replica as before.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from core.atomic import atomic_write
+from core.replica_store import shared_state_dir
 
 __all__ = [
     "ClientState",
@@ -68,7 +74,9 @@ def _apply_chain(state, lineage, version, base, arrays, spec, seed) -> ClientSta
         if state_digest(seed.state, spec) != seed.server_digest:
             log.warning("this device's version-0 model differs from the server's; asking for it")
             return None
-        state = ClientState(lineage, 0, dict(seed.state), residual)
+        state = ClientState(lineage, 0, dict(seed.state), residual)  # origin -1: the seed
+    if any(t.name not in state.replica for t in spec.tensors):
+        return None
     for update in decode_chain(arrays, spec, version - base):
         for name, step in update.dense(spec).items():
             state.replica[name] = state.replica[name] + step
@@ -82,15 +90,12 @@ def client_state_dir(cfg, node_config: dict) -> Path:
     """Where this device keeps its state.
 
     First of: node config ``state-dir``; ``federation.state_dir``; ``<output_dir>/client-state``;
-    ``$FLWR_HOME/bitfed-client-state`` (``~/.flwr`` when unset).
+    ``$FLWR_HOME/bitfed-client-state`` (``~/.flwr`` when unset); the last three are
+    :func:`core.replica_store.shared_state_dir`, the folder the server publishes into.
     """
     if node_config.get("state-dir"):
         return Path(str(node_config["state-dir"]))
-    if cfg.federation.state_dir:
-        return Path(cfg.federation.state_dir)
-    if cfg.output_dir:
-        return Path(cfg.output_dir) / "client-state"
-    return Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr")) / "bitfed-client-state"
+    return shared_state_dir(cfg)
 
 
 def state_path(state_dir: Path, identity: str) -> Path:
@@ -102,21 +107,37 @@ def state_path(state_dir: Path, identity: str) -> Path:
 class ClientState:
     """Replica of the global model at ``version`` of run ``lineage``, plus the EF residual.
 
-    ``replica`` holds float32 tensors by name (weights and real state), ``residual`` the float32
-    error-feedback residual of each weight tensor (``None``: none yet).
+    ``replica`` holds float32 tensors by name (weights and real state; empty when loaded from a
+    compact file until :mod:`core.replica_store` rebuilds it), ``residual`` the float32
+    error-feedback residual of each weight tensor (``None``: none yet), ``origin`` the version
+    whose full model the replica started from (-1: built from the seed, version 0).
     """
 
     lineage: str
     version: int
     replica: dict[str, np.ndarray]
     residual: dict[str, np.ndarray] | None = None
+    origin: int = -1
 
-    def save(self, path: Path) -> None:
-        """Persist atomically (temp file + fsync + rename)."""
-        meta = {"lineage": self.lineage, "version": self.version}
-        arrays = {f"replica/{k}": v.astype(np.float32) for k, v in self.replica.items()}
-        for k, v in (self.residual or {}).items():
-            arrays[f"residual/{k}"] = v.astype(np.float32)
+    def save(self, path: Path, *, compact: bool = False) -> None:
+        """Persist atomically (temp file + fsync + rename).
+
+        ``compact``: no replica, the residual as float16 of ``r / max|r|`` plus that float32 max
+        per tensor (see the module docstring).
+        """
+        meta = {"lineage": self.lineage, "version": self.version, "origin": self.origin}
+        if compact:
+            meta["compact"] = True
+            arrays = {}
+            for k, v in (self.residual or {}).items():
+                scale = np.float32(np.max(np.abs(v))) if v.size else np.float32(0)
+                unit = v / scale if scale > 0 else np.zeros_like(v)
+                arrays[f"residual16/{k}"] = unit.astype(np.float16)
+                arrays[f"residual-scale/{k}"] = np.array([scale], np.float32)
+        else:
+            arrays = {f"replica/{k}": v.astype(np.float32) for k, v in self.replica.items()}
+            for k, v in (self.residual or {}).items():
+                arrays[f"residual/{k}"] = v.astype(np.float32)
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
@@ -132,17 +153,38 @@ class ClientState:
                 if meta["lineage"] != lineage:
                     log.info("client state %s belongs to another run; starting afresh", path)
                     return None
-                replica, residual = {}, {}
+                replica, residual, scales = {}, {}, {}
                 for key in data.files:
                     kind, _, name = key.partition("/")
                     if kind == "replica":
                         replica[name] = data[key]
                     elif kind == "residual":
                         residual[name] = data[key]
-                return cls(meta["lineage"], int(meta["version"]), replica, residual or None)
+                    elif kind == "residual16":
+                        residual[name] = data[key]
+                    elif kind == "residual-scale":
+                        scales[name] = data[key]
+                if meta.get("compact"):
+                    residual = _expand_residual(residual, scales)
+                version, origin = int(meta["version"]), int(meta.get("origin", -1))
+                return cls(meta["lineage"], version, replica, residual or None, origin)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
             log.warning("client state %s unreadable (%s); starting afresh", path, exc)
             return None
+
+
+def _expand_residual(units: dict, scales: dict) -> dict[str, np.ndarray]:
+    """float32 ``s · r16`` per tensor; raises ``ValueError`` on a malformed compact residual."""
+    out = {}
+    for name, unit in units.items():
+        scale = scales.get(name)
+        if unit.dtype != np.float16 or scale is None or scale.shape != (1,):
+            raise ValueError(f"compact residual {name!r} lacks its float16 values or its scale")
+        s = float(scale[0])
+        if not (np.isfinite(s) and s >= 0 and np.all(np.isfinite(unit))):
+            raise ValueError(f"compact residual {name!r} is not finite")
+        out[name] = unit.astype(np.float32) * np.float32(s)
+    return out
 
 
 def sync_replica(
@@ -172,16 +214,16 @@ def sync_replica(
     if payload == FULL:
         replica = decode_full(arrays or {}, spec)
         residual = state.residual if state is not None and state.lineage == lineage else None
-        return ClientState(lineage, version, replica, residual)
+        return ClientState(lineage, version, replica, residual, origin=version)
     if state is None or state.lineage != lineage:
         return None
     if state.version == version:
         return state
     if payload == DELTA and state.version == base_version:
-        update = decode_update(arrays or {}, spec)
         missing = [t.name for t in spec.tensors if t.name not in state.replica]
         if missing:
             return None
+        update = decode_update(arrays or {}, spec)
         for name, step in update.dense(spec).items():
             state.replica[name] = state.replica[name] + step
         for t in spec.real:

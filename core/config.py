@@ -190,6 +190,10 @@ class FederationConfig:
     round_timeout: float = 600.0  # seconds to wait for replies in one round
     node_wait_timeout: float = 120.0  # seconds to wait for enough nodes to connect
     state_dir: str = ""  # client-side persistent state ("" = under the run folder)
+    # Simulation (or a state_dir shared by server and clients) only: clients keep their version
+    # and a float16 residual; replicas are rebuilt from what the server publishes
+    # (core.replica_store)
+    compact_state: bool = False
     checkpoint_dir: str = ""  # server-side checkpoints ("" = under the run folder)
     resume: bool = True  # continue from the last checkpoint when one exists
     lr_schedule: str = "cosine"  # client lr over rounds: cosine | constant (see round_lr)

@@ -4,7 +4,8 @@
 evaluates the global model (and, for the 1-bit rules, the broadcast model the clients hold) on
 the dataset's test split, writes a checkpoint atomically (round counter, version, global state,
 downlink residual, last delta, replica version per node, history), and rewrites ``metrics.json``
-in the run folder.
+in the run folder. With ``federation.compact_state`` it also publishes each version into the
+shared state folder (:class:`core.replica_store.ReplicaStore`), before any client needs it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from core import federated
 from core.atomic import atomic_write_json
 from core.codec import ModelSpec, encode_float32
 from core.config import ExperimentConfig, to_run_config
+from core.replica_store import ReplicaStore, shared_state_dir
 from glue.records import record_to_state, to_record, wire_bytes
 from server.checkpoint import Checkpoint
 from server.strategies import BitFedStrategy, SignStrategy
@@ -77,6 +79,8 @@ class RoundRecorder:
         self.out_dir, self.ckpt_dir = Path(out_dir), Path(ckpt_dir)
         self.float32_bytes = float32_wire_bytes(spec)
         self.started = time.perf_counter()
+        compact = cfg.federation.compact_state and isinstance(strategy, SignStrategy)
+        self.store = ReplicaStore(shared_state_dir(cfg)) if compact else None
 
     def report(self, **extra: Any) -> dict[str, Any]:
         """Return the content of ``metrics.json``."""
@@ -104,10 +108,15 @@ class RoundRecorder:
         """``evaluate_fn`` of ``Strategy.start``: evaluate, checkpoint and report one round."""
         done = self.start.round
         run_round = done + server_round
+        broadcast = record_to_state(arrays)
+        if self.store is not None:  # what compact clients rebuild their replicas from
+            strategy = self.strategy
+            self.store.publish(
+                strategy.lineage, strategy.version, broadcast, strategy.last_delta_arrays
+            )
         if server_round == 0 and done > 0:
             return None  # a resumed run: round 0 is already in the history
-        broadcast = record_to_state(arrays)
-        row: dict[str, Any] = {"round": run_round}
+        row: dict[str, Any] = {"round": run_round, "elapsed": time.perf_counter() - self.started}
         if isinstance(self.strategy, SignStrategy):  # what the clients hold: the broadcast model
             acc, loss = self._accuracy(broadcast)
             row |= {"replica_accuracy": acc, "replica_loss": loss}
