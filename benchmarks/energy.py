@@ -294,7 +294,7 @@ def _modelled(configs: tuple[tuple[str, int, tuple[int, ...]], ...]) -> list[dic
     return models
 
 
-#: The paper's proposed method in C++ on a Raspberry Pi 3B+ (method.md §4b): model, batch,
+#: The paper's proposed method in C++ on a Raspberry Pi 3B+ (docs/method.md §4): model, batch,
 #: sample shape, seconds per batch, measured whole-board joules per batch.
 PAPER_PI = (("mlp", 200, (1, 28, 28), 0.98, 1.42), ("binarynet", 40, (3, 32, 32), 121.20, 136.53))
 

@@ -62,7 +62,7 @@ def test_readme_flwr_run_completes_without_waiting_for_nodes(tmp_path, free_tcp_
     overrides = ["--run-config", f"federation.num_rounds=2 output_dir='{tmp_path / 'run'}'"]
     started = time.monotonic()
     try:
-        for _attempt in range(2):  # Flower gives its SuperLink 15 s to start: once more if busy
+        for _attempt in range(3):  # Flower gives its SuperLink 15 s to start: again if busy
             done = subprocess.run(
                 [str(BIN / "flwr"), *README_COMMAND[1:], *overrides],
                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=420,
