@@ -71,12 +71,16 @@ def build_model_for(
 
 
 def build_optimizer_for(
-    cfg: ExperimentConfig, model: nn.Module, lr: float | None = None
+    cfg: ExperimentConfig, model: nn.Module, lr: float | None = None, *, seed: int | None = None
 ) -> torch.optim.Optimizer:
-    """Return the recipe's optimizer for ``model`` at ``lr`` (default ``cfg.recipe.lr``)."""
+    """Return the recipe's optimizer for ``model`` at ``lr`` (default ``cfg.recipe.lr``).
+
+    ``seed`` seeds the stochastic rounding of the low-cost optimizers (default ``train.seed``).
+    """
     from core.optim import build_optimizer
 
-    return build_optimizer(model, recipe_of(cfg), cfg.recipe.lr if lr is None else lr)
+    lr = cfg.recipe.lr if lr is None else lr
+    return build_optimizer(model, recipe_of(cfg), lr, seed=cfg.train.seed if seed is None else seed)
 
 
 def train_loader(

@@ -143,22 +143,18 @@ def load_state(model: torch.nn.Module, state: dict[str, np.ndarray], spec: Model
 def fit_local(model: torch.nn.Module, data: LocalData, cfg: ExperimentConfig, server_round: int):
     """Train ``model`` on the client's train part for ``train.epochs`` epochs (core.fit).
 
-    Batch order and torch's random stream (stochastic rounding) are seeded from
-    ``(train.seed, round, first example index)``, so clients draw independent noise. The
+    Batch order, torch's random stream and the optimizer's stochastic-rounding generator are
+    seeded from ``(train.seed, round, first example index)``, so clients draw independent noise. The
     learning rate follows ``federation.lr_schedule`` over the rounds (``round_lr``).
     """
     from core.train import fit
 
     first = int(data.train_idx[0]) if len(data.train_idx) else 0
+    seed = cfg.train.seed * 100_003 + server_round * 1_009 + first
     with seeded(cfg.train.seed * 1_000_003 + server_round * 100_019 + first):
-        loader = train_loader(
-            cfg,
-            data.dataset,
-            data.train_idx,
-            seed=cfg.train.seed * 100_003 + server_round * 1_009 + first,
-        )
+        loader = train_loader(cfg, data.dataset, data.train_idx, seed=seed)
     lr = cfg.federation.round_lr(cfg.recipe.lr, server_round)
-    optimizer = build_optimizer_for(cfg, model, lr)
+    optimizer = build_optimizer_for(cfg, model, lr, seed=seed)
     return fit(model, optimizer, loader, epochs=cfg.train.epochs, max_batches=cfg.train.max_batches)
 
 

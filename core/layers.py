@@ -62,6 +62,7 @@ __all__ = [
     "AvgPool",
     "LogitsHead",
     "PackedGradLayer",
+    "normal_init_",
     "pack_binary_weights_",
     "packed_layers",
 ]
@@ -97,6 +98,23 @@ class SignActivation(nn.Module):
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"recipe={self.recipe.short_str()}"
+
+
+def normal_init_(weight: Tensor, std: float) -> Tensor:
+    """Fill ``weight`` with ``N(0, std^2)`` draws of torch's global generator, in place.
+
+    float32 weights (``standard``) are drawn in place, as they always were. 16-bit weights are
+    drawn in float64, then rounded to float32 and to their dtype, so a seed gives the same bits
+    on every CPU and torch version: torch's float16 ``normal_`` changed algorithm between 2.9
+    and 2.13, and its float32 one uses vectorized log/sin/cos approximations on AVX2 CPUs only
+    (38 % of the values a few float32 ulps apart from an aarch64 CPU's), while the float64
+    draws were bit-identical on x86-64 (torch 2.13) and aarch64 (2.9.1). The explicit float32
+    step matters: aarch64 casts float64 to float16 in one rounding, x86-64 via float32 (issue 19).
+    """
+    if weight.dtype == torch.float32:
+        return weight.normal_(0.0, std)
+    draws = torch.empty(weight.shape, dtype=torch.float64).normal_(0.0, std)
+    return weight.copy_(draws.float())
 
 
 class PackedGradLayer(nn.Module):
@@ -162,7 +180,7 @@ class PackedGradLayer(nn.Module):
         self.recipe, self.input_kind, self.binary_weight = recipe, input_kind, binary_weight
         fan_in = self.weight[0].numel()
         with torch.no_grad():  # W ~ N(0, 1/fan_in) (docs/method.md §2f); stored in the recipe dtype
-            self.weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
+            normal_init_(self.weight, 1.0 / math.sqrt(fan_in))
             if getattr(self, "bias", None) is not None:
                 self.bias.zero_()
         if recipe.lowcost:

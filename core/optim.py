@@ -180,7 +180,12 @@ class LowCostAdam(torch.optim.Optimizer):
 
 
 def build_optimizer(
-    model: nn.Module, recipe: str | Recipe, lr: float = 1e-3, *, bop: BopConfig | None = None
+    model: nn.Module,
+    recipe: str | Recipe,
+    lr: float = 1e-3,
+    *,
+    bop: BopConfig | None = None,
+    seed: int = 0,
 ) -> torch.optim.Optimizer:
     """Make the recipe's optimizer for ``model`` (built with the same recipe).
 
@@ -188,6 +193,8 @@ def build_optimizer(
     Low-cost recipes: :class:`LowCostAdam` over the fp16 parameters and packed weight gradients.
     ``lowcost-bop``: :class:`core.bop.LowCostBop` (Bop on the packed binary weights with
     ``bop``, a :class:`core.bop.BopConfig`, default ``BopConfig()``; LowCostAdam for the rest).
+    ``seed`` seeds the low-cost optimizers' stochastic-rounding generator: give every client and
+    round its own, or all of them round their float16 updates with the same noise.
     """
     rec = from_recipe(recipe)
     model_recipe = getattr(model, "recipe", None)
@@ -209,11 +216,20 @@ def build_optimizer(
     n = sum(p.numel() for p in params) + sum(m.weight.numel() for m in packed if m.packed_weight)
     chunk = min(1 << 16, max(1 << 12, n // 16))
     if not rec.packed_weights:
-        return LowCostAdam(params, packed, lr=lr, grad_scale=rec.grad_scale, chunk=chunk)
+        return LowCostAdam(
+            params, packed, lr=lr, grad_scale=rec.grad_scale, chunk=chunk, seed=seed
+        )
     from core.bop import LowCostBop  # core.bop builds on this module
 
     latent = [m for m in packed if not m.packed_weight]
     bop_layers = [m for m in packed if m.packed_weight]
     return LowCostBop(
-        params, latent, bop_layers, config=bop, lr=lr, grad_scale=rec.grad_scale, chunk=chunk
+        params,
+        latent,
+        bop_layers,
+        config=bop,
+        lr=lr,
+        grad_scale=rec.grad_scale,
+        chunk=chunk,
+        seed=seed,
     )

@@ -78,15 +78,14 @@ class ReplicaStore:
     ) -> None:
         """Publish ``version``: its delta, and the broadcast model every 16 versions.
 
-        ``delta``: the codec arrays of the downlink from ``version - 1`` (``None`` for version 0);
-        the float32 ``broadcast`` model is written when ``version`` is a multiple of
+        ``delta``: the codec arrays of the downlink from ``version - 1`` (``None`` for version 0,
+        or when unknown: a resumed run without it; clients that need it then ask for the full
+        model); the float32 ``broadcast`` model is written when ``version`` is a multiple of
         :data:`SNAPSHOT_EVERY`. Atomic (:func:`core.atomic.atomic_write`); a file already
         published is left as it is.
         """
         folder = self.root / _safe(lineage)
-        if version > 0:
-            if delta is None:
-                raise ValueError(f"version {version} of {lineage} needs its delta to be published")
+        if version > 0 and delta is not None:
             path = folder / f"delta-{version}.npz"
             if not path.exists():
                 atomic_write(path, lambda fh: np.savez(fh, **dict(delta)))

@@ -97,3 +97,25 @@ def test_model_is_seeded_from_the_config():
     assert all((a[k] == b[k]).all() for k in a)
     assert any((a[k] != c[k]).any() for k in a if a[k].is_floating_point())
     assert recipe_of(cfg).po2_bias is None  # lowcost has no PO2 quantizer
+
+
+def test_each_client_and_round_rounds_with_its_own_noise(tmp_path, monkeypatch):
+    """The low-cost optimizer's stochastic-rounding generator is seeded per client and round
+    (it was seeded 0 everywhere: every client rounded its float16 update with the same noise)."""
+    import core.optim
+
+    seeds = []
+    real = core.optim.LowCostAdam
+
+    class SpyAdam(real):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seeds.append(self._generator.initial_seed())
+
+    monkeypatch.setattr(core.optim, "LowCostAdam", SpyAdam)
+    cfg = po2_cfg(tmp_path)
+    ds = federated.load_split(cfg, "train")
+    for server_round, first in [(1, 0), (1, 100), (2, 0)]:
+        data = federated.LocalData(ds, np.arange(first, first + 100), np.arange(0))
+        federated.fit_local(federated.new_model(cfg, ds), data, cfg, server_round=server_round)
+    assert len(seeds) == 3 and len(set(seeds)) == 3
