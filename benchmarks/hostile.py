@@ -162,7 +162,7 @@ def run_one(args: argparse.Namespace, key: dict[str, Any]) -> dict[str, Any]:
         for p in range(args.clients)
     }
     t0 = time.perf_counter()
-    metrics = run_server(LocalGrid(handlers), cfg)
+    metrics = run_server(LocalGrid(handlers, concurrency=1), cfg)  # one node at a time
     shutil.rmtree(run_dir, ignore_errors=True)  # ~14 MB of checkpoints and client states a run
     rounds = [r for r in metrics["rounds"] if r["round"] > 0]
     acc = [r["accuracy"] for r in metrics["rounds"]]
@@ -219,7 +219,13 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         k = r["key"]
         groups.setdefault((k["partition"], k["rule"], k["attack"], k["attackers"]), []).append(r)
     rows = []
-    for (partition, rule, attack, f), mine in sorted(groups.items()):
+    order = {name: i for i, name in enumerate([*PARTITIONS, *RULES, "none", *ATTACKS])}
+
+    def rank(item: tuple) -> tuple:
+        (partition, rule, attack, f), _ = item
+        return order.get(partition, 99), order.get(rule, 99), order.get(attack, 99), f
+
+    for (partition, rule, attack, f), mine in sorted(groups.items(), key=rank):
         final = [r["final_accuracy"] for r in mine]
         drops = [
             100 * (clean[(partition, rule, r["key"]["seed"])] - r["final_accuracy"])
@@ -370,8 +376,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7, ncol=3, loc="lower left")
     cfg = result["config"]
+    local = f"{cfg['max_batches']} local batches" if cfg["max_batches"] else "one local epoch"
     fig.suptitle(
-        f"{cfg['clients']} clients, {cfg['rounds']} rounds; seeds {cfg['seeds']} (mean)", fontsize=9
+        f"{cfg['clients']} clients, {cfg['rounds']} rounds of {local}; seeds {cfg['seeds']} (mean)",
+        fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     save_figure(fig, path, result["machine"])
@@ -387,6 +395,9 @@ def _list(kind):
 def build_parser() -> argparse.ArgumentParser:
     """Arguments: the common ones plus dataset, partitions, rules, attacks, counts, seeds."""
     parser = benchmark_parser(NAME, __doc__.splitlines()[0])
+    parser.add_argument(
+        "--name", default=NAME, help=f"result name: <out>/<name>.json (default {NAME})"
+    )
     parser.add_argument("--dataset", default="mnist", help="mnist (default) or digits")
     parser.add_argument("--data-root", default="", help=f"MNIST IDX folder ({DEFAULT_MNIST})")
     parser.add_argument("--rounds", type=int, default=30)
@@ -416,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.hostile [--quick] [--partitions iid --seeds 0 ...]``."""
     for key, value in flower_env(WORK_DIR / ".flwr").items():  # before Flower is imported
         os.environ.setdefault(key, value)
-    return run_benchmark(NAME, measure, plot, build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    return run_benchmark(args.name, measure, plot, args)
 
 
 if __name__ == "__main__":

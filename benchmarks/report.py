@@ -26,6 +26,7 @@ ORDER = {
     "federation30": "4b. Federation on MNIST: 30 rounds of one local epoch",
     "server_cost": "5. Server cost of aggregation",
     "hostile": "6. Hostile clients",
+    "hostile-short": "6b. Hostile clients: shortened runs",
     "gpu": "7. GPU figures",
 }
 RECIPE_NOTE = (
@@ -431,42 +432,91 @@ def _gpu(res: dict[str, Any]) -> Doc:
 
 def _hostile(res: dict[str, Any]) -> Doc:
     cfg = res["config"]
-    rows = []
-    for variant, row in res.get("summary", {}).items():
-
-        def acc(label: str, row: dict[str, Any] = row) -> str:
-            std = row.get(f"{label}_std")
-            return f"{row[label]:.4f}" + (f" ± {std:.4f}" if std else "")
-
-        last3 = row.get("drop_pp_last3")
-        rows.append(
-            [
-                variant,
-                acc("clean"),
-                acc("attacked"),
-                f"{row['drop_pp']:+.1f}",
-                "–" if last3 is None else f"{last3:+.1f}",
-            ]
-        )
-    seeds = cfg.get("seeds", [cfg.get("seed", 0)])
+    bounds = cfg.get("strategy_defaults", {})
+    seeds = cfg.get("seeds", [])
     doc = [
-        f"{cfg['attackers']} of {cfg['clients']} clients send sign-flipped updates "
-        f"({cfg.get('attack', 'sign flip')}); {cfg['dataset']}, {cfg['model']}, "
-        f"{cfg.get('partition', 'iid')} split, {cfg['rounds']} rounds, "
-        f"{cfg.get('lr_schedule', 'constant')} client learning rate, "
-        f"{len(seeds) if isinstance(seeds, list) else 1} seed(s). Final global test accuracy, "
-        "clean vs attacked, and the drop in percentage points (mean of the last three rounds "
-        "in the last column).",
+        f"{cfg['dataset']} {cfg['model']}, {cfg['clients']} clients all sampled, {cfg['rounds']} "
+        + (
+            f"rounds of {cfg['max_batches']} local batches of {cfg['batch_size']}, "
+            if cfg.get("max_batches")
+            else f"rounds of {cfg.get('local_epochs', 1)} local epoch (batch {cfg['batch_size']}), "
+        )
+        + f"{cfg.get('lr_schedule', 'cosine')} client learning rate, partitions "
+        f"{', '.join(cfg['partitions'])} (Dirichlet: alpha 0.5), seeds {seeds} (split, model "
+        f"and data order); {cfg.get('client_threads', 1)} torch thread per client. The devices "
+        "with partition-id < f are hostile (`bitfed-sim federation.attack=<attack> "
+        "federation.attackers=<f>`); the server's bounds are the defaults "
+        + ", ".join(f"`strategy.{k}={v}`" for k, v in bounds.items())
+        + (f", with overrides {cfg['set']}" if cfg.get("set") else "")
+        + f". {len(res['runs'])} of {res.get('planned', len(res['runs']))} planned runs done.",
+        "",
+        "Attacks (`client/hostile.py`; *g* the global model, *w* the honest local model):",
         "",
     ]
-    doc += _table(["rule", "clean", "attacked", "drop (pp)", "drop, last 3 rounds (pp)"], rows)
-    if "majority_within_3pp" in res:
-        verdict = "is within" if res["majority_within_3pp"] else "is **not** within"
-        doc += [
-            f"The majority vote's final accuracy under attack {verdict} 3 pp of its clean run.",
-            "",
-        ]
-    return doc
+    doc += [f"- `{name}`: {text}" for name, text in cfg.get("definitions", {}).items()]
+    doc += [
+        "",
+        "Final global test accuracy (mean over the seeds run, and the worst seed), the drop from "
+        "the same rule's clean run of the same seed in percentage points (mean, worst seed), and "
+        "how many replies the server clipped per round.",
+        "",
+    ]
+    rows = []
+    for r in res["summary"]:
+        drop = "–" if r["drop_pp"] is None else f"{r['drop_pp']:+.1f} / {r['worst_drop_pp']:+.1f}"
+        rows.append(
+            [
+                r["partition"],
+                r["attack"],
+                r["rule"],
+                str(r["attackers"]),
+                f"{r['accuracy']:.4f}",
+                f"{r['worst_accuracy']:.4f}",
+                drop,
+                f"{r['clipped_per_round']:.1f}",
+                ",".join(map(str, r["seeds"])),
+            ]
+        )
+    doc += _table(
+        [
+            "partition",
+            "attack",
+            "rule",
+            "hostile",
+            "accuracy",
+            "worst seed",
+            "drop pp (mean / worst)",
+            "clipped/round",
+            "seeds",
+        ],
+        rows,
+    )
+    v = res.get("verdicts", {})
+    rule = v.get("default_rule", "?")
+    lines = []
+    if v.get("default_worst_drop_pp") is not None:
+        ok = "meets" if v["default_within_2pp_of_clean"] else "**misses**"
+        lines.append(
+            f"- Default rule `{rule}`: worst drop under any attack, 1 or 2 hostile, any seed run: "
+            f"{v['default_worst_drop_pp']:+.1f} pp ({ok} the 2 pp target)."
+        )
+    for partition in ("iid", "dirichlet"):
+        gap = v.get(f"{partition}_default_minus_fedavg_pp")
+        if gap is not None:
+            lines.append(
+                f"- {partition}: clean `{rule}` minus clean float32 `fedavg`: {gap:+.2f} pp"
+                + (" (target: within 1 pp on IID)." if partition == "iid" else ".")
+            )
+        ratio = v.get(f"{partition}_default_uplink_ratio")
+        if ratio is not None:
+            lines.append(f"- {partition}: `{rule}` uplink {ratio:.1f}x smaller than float32.")
+        gap = v.get(f"{partition}_majority_minus_mean_pp")
+        if gap is not None:
+            lines.append(
+                f"- {partition}: clean `majority` minus clean `mean`: {gap:+.2f} pp (target: "
+                "within 2 pp)."
+            )
+    return doc + lines + ([""] if lines else [])
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], Doc]] = {
@@ -478,6 +528,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Doc]] = {
     "server_cost": _server_cost,
     "gpu": _gpu,
     "hostile": _hostile,
+    "hostile-short": _hostile,
 }
 
 

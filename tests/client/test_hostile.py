@@ -208,6 +208,9 @@ def test_scale_attacker_in_a_real_round_is_clipped(tmp_path, flwr_log):
 
     metrics = run_server(LocalGrid({100 + p: node(p) for p in range(3)}), cfg)
     row = metrics["rounds"][1]
-    assert (row["valid"], row["clipped"], row["rejected"]) == (3, 1, 0)
+    assert (row["valid"], row["rejected"]) == (3, 0) and row["clipped"] >= 1
     lines = [m for m in flwr_log if "clipped the reply of node" in m]
-    assert len(lines) == 1 and "node 100:" in lines[0] and "scales of 5 tensor(s)" in lines[0]
+    hostile = [m for m in lines if "node 100:" in m]
+    assert len(hostile) == 1 and "scales of 5 tensor(s)" in hostile[0]
+    # with 3 replies an honest node may have a stray batch-norm value clipped, never its scales
+    assert not any("scales" in m for m in lines if "node 100:" not in m)
