@@ -42,6 +42,25 @@ __all__ = ["LowCostAdam", "build_optimizer", "ADAM_EPS"]
 ADAM_EPS = 1e-7  # Keras 2.2.4's K.epsilon(), the authors' Adam (docs/method.md §2f)
 
 
+def _skip_dynamo_import() -> None:
+    """Keep ``torch._dynamo`` out of processes that only train (every ClientApp).
+
+    ``torch.optim.Optimizer.add_param_group`` (and ``zero_grad``, ``state_dict``,
+    ``load_state_dict``) are wrapped in ``torch._disable_dynamo``, whose first call imports
+    ``torch._dynamo``: with it SymPy, mpmath, ``torch.distributed`` and ``torch.onnx``, about 800
+    modules, +66 MiB and ~2.7 s in each fresh ClientApp process (measured in the compose image,
+    MLP on digits). bitfed never compiles, so each wrapper is told it is already disabled (the
+    attribute ``torch._compile._disable_dynamo`` caches on first use).
+    """
+    for name in ("add_param_group", "zero_grad", "state_dict", "load_state_dict"):
+        fn = getattr(getattr(torch.optim.Optimizer, name), "__wrapped__", None)
+        if fn is not None and not hasattr(fn, "__dynamo_disable"):
+            setattr(fn, "__dynamo_disable", fn)
+
+
+_skip_dynamo_import()
+
+
 class LowCostAdam(torch.optim.Optimizer):
     """Adam over float16 latent weights whose binary-layer gradients are packed sign bits.
 
