@@ -25,9 +25,10 @@ ARG BITFED_EXTRAS=data
 
 # Flower hygiene (no telemetry, no update check, no `uv sync` of app dependencies at run time:
 # everything the app needs is baked in below), unbuffered logs, the venv on PATH. Like Flower's
-# own images: non-root user `app` (uid 49999) with HOME=/app. glibc malloc: two arenas and
-# trimming above 128 KiB, so the short-lived ClientApp processes hand freed memory back (a
-# device's container peak, scripts/compose-footprint and BENCHMARKS.md).
+# own images: non-root user `app` (uid 49999) with HOME=/app. glibc malloc: two arenas and a
+# fixed 128 KiB trim threshold, so freed memory goes back to the device (measured on one
+# ClientApp round, MLP on digits: peak 398 vs 400 MiB, 392 vs 400 MiB held afterwards; small,
+# and free: benchmarks/compose.py measures the containers).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \

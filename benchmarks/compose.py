@@ -593,7 +593,7 @@ def measure(
         fed.up(*up_args)
         services = fed.services()
         with PeakSampler(fed, services) as sampler:
-            run = fed.submit(federation_overrides(rounds), timeout=900)
+            run = fed.submit(federation_overrides(rounds), timeout=2400)
         containers = container_memory(fed, services)
         for service, anon in sampler.anon_peaks.items():
             containers[service]["anon_peak"] = anon
