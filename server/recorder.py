@@ -6,12 +6,18 @@ the dataset's test split, writes a checkpoint atomically (round counter, version
 downlink residual, last delta, replica version per node, history), and rewrites ``metrics.json``
 in the run folder. With ``federation.compact_state`` it also publishes each version into the
 shared state folder (:class:`core.replica_store.ReplicaStore`), before any client needs it.
+
+Each round's row also holds the modelled energy of the mean participating device
+(:func:`core.energy.device_round_fields`): local training steps x one step's energy (the run's
+model, recipe and batch size, counted and priced once per run, :func:`core.energy.step_energy`)
+plus the radio energy of the bytes it sent and received, for Wi-Fi and for LTE, and their
+cumulative sums. A model (Horowitz ISSCC 2014, Huang et al. MobiSys 2012), not a measurement.
 """
 
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +29,14 @@ from core import federated
 from core.atomic import atomic_write_json
 from core.codec import ModelSpec, encode_float32
 from core.config import ExperimentConfig, to_run_config
+from core.energy import DEFAULT_CONSTANTS, count_model_step, device_round_fields, step_energy
+from core.experiment import recipe_of
 from core.replica_store import ReplicaStore, shared_state_dir
 from glue.records import record_to_state, to_record, wire_bytes
 from server.checkpoint import Checkpoint
 from server.strategies import BitFedStrategy, SignStrategy
 
-__all__ = ["RoundRecorder", "METRICS_FILE", "float32_wire_bytes"]
+__all__ = ["RoundRecorder", "METRICS_FILE", "float32_wire_bytes", "run_step_energy"]
 
 METRICS_FILE = "metrics.json"
 
@@ -44,6 +52,32 @@ def float32_wire_bytes(spec: ModelSpec) -> int:
     rng = np.random.default_rng(0)
     state = {t.name: rng.standard_normal(t.shape).astype(np.float32) for t in spec.tensors}
     return wire_bytes(to_record(encode_float32(state, spec), raw=False))
+
+
+def run_step_energy(
+    cfg: ExperimentConfig, model: torch.nn.Module, in_shape: tuple[int, ...]
+) -> dict[str, Any] | None:
+    """Modelled energy of one local training step of this run (``core.energy``), or None.
+
+    Counted on ``model`` (built for the run's recipe) at ``train.batch_size``; every step is
+    priced as a full batch. None, with a warning, when the model has a layer the counter has no
+    rule for: the run goes on without energy fields.
+    """
+    try:
+        counted = count_model_step(model, recipe_of(cfg), cfg.train.batch_size, in_shape)
+    except ValueError as exc:
+        log(WARNING, "no energy estimate for this run: %s", exc)
+        return None
+    e = step_energy(counted, DEFAULT_CONSTANTS)
+    return {
+        "step_j": e.total_j,
+        "step_compute_j": e.compute_j,
+        "step_memory_j": e.memory_j,
+        "batch_size": cfg.train.batch_size,
+        "device_class": e.device_class,
+        "note": "modelled per device, not measured: steps x J/step (Horowitz ISSCC 2014, 45 nm) "
+        "+ radio bytes x J/byte + 2 bursts (Huang et al. MobiSys 2012); core.energy",
+    }
 
 
 class RoundRecorder:
@@ -81,6 +115,7 @@ class RoundRecorder:
         self.started = time.perf_counter()
         compact = cfg.federation.compact_state and isinstance(strategy, SignStrategy)
         self.store = ReplicaStore(shared_state_dir(cfg)) if compact else None
+        self.energy = run_step_energy(cfg, model, tuple(test.images.shape[1:]))
 
     def report(self, **extra: Any) -> dict[str, Any]:
         """Return the content of ``metrics.json``."""
@@ -91,6 +126,7 @@ class RoundRecorder:
             "num_real": self.spec.real_numel,
             "rounds": self.history,
             "seconds": time.perf_counter() - self.started,
+            "energy": self.energy,
         } | extra
 
     def write(self, **extra: Any) -> dict[str, Any]:
@@ -103,6 +139,19 @@ class RoundRecorder:
         federated.load_state(self.model, state, self.spec)
         res = federated.evaluate_global(self.cfg, self.model, self.test)
         return float(res.accuracy), float(res.loss)
+
+    def _energy(self, row: dict[str, Any]) -> dict[str, float]:
+        """Energy fields of a round where clients trained and replied (none otherwise)."""
+        if self.energy is None or row.get("skipped") or "train_steps" not in row:
+            return {}
+        previous = next((r for r in reversed(self.history) if "energy_steps" in r), None)
+        return device_round_fields(
+            self.energy["step_j"],
+            row["train_steps"],
+            row.get("uplink_bytes") or 0.0,
+            row.get("downlink_bytes") or 0.0,
+            previous=previous,
+        )
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """``evaluate_fn`` of ``Strategy.start``: evaluate, checkpoint and report one round."""
@@ -126,6 +175,7 @@ class RoundRecorder:
         for key, ratio in (("uplink_bytes", "uplink_ratio"), ("downlink_bytes", "downlink_ratio")):
             if row.get(key):
                 row[ratio] = self.float32_bytes / row[key]
+        row |= self._energy(row)
         self.history.append(row)
         if server_round > 0:
             Checkpoint(
@@ -142,20 +192,22 @@ class RoundRecorder:
         self.write()
         log(
             INFO,
-            "round %d/%d: accuracy %.4f, loss %.4f, up %s B, down %s B%s",
+            "round %d/%d: accuracy %.4f, loss %.4f, up %s B, down %s B, device %s J (Wi-Fi, "
+            "modelled)%s",
             run_round,
             self.cfg.federation.num_rounds,
             row["accuracy"],
             row["loss"],
             _fmt(row.get("uplink_bytes")),
             _fmt(row.get("downlink_bytes")),
+            _fmt(row.get("energy_wifi_j"), "{:.3g}"),
             _skip_note(row),
         )
         return MetricRecord({"accuracy": row["accuracy"], "loss": row["loss"]})
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.0f}" if isinstance(value, int | float) else "-"
+def _fmt(value: Any, fmt: str = "{:.0f}") -> str:
+    return fmt.format(value) if isinstance(value, int | float) else "-"
 
 
 def _skip_note(row: dict[str, Any]) -> str:

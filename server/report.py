@@ -25,6 +25,8 @@ _COLUMNS = [
     ("uplink_ratio", "up x", "{:.1f}"),
     ("downlink_ratio", "down x", "{:.1f}"),
     ("peak_memory", "peak MiB", "{:.0f}"),
+    ("energy_wifi_j", "J/dev wifi", "{:.3g}"),  # modelled device energy (core.energy)
+    ("energy_lte_j", "J/dev LTE", "{:.3g}"),
     ("valid", "ok", "{:d}"),
     ("rejected", "bad", "{:d}"),
     ("empty", "empty", "{:d}"),  # clients without a training example (population > dataset)
@@ -32,7 +34,11 @@ _COLUMNS = [
 
 
 def format_table(rounds: list[dict[str, Any]]) -> str:
-    """Format the per-round table: accuracy, loss, bytes per client, ratios, memory."""
+    """Format the per-round table: accuracy, loss, bytes per client, ratios, memory, energy.
+
+    ``J/dev`` is the modelled energy of the mean participating device in that round: local
+    training plus its radio traffic over Wi-Fi or LTE (:func:`core.energy.device_round_fields`).
+    """
     rows = [[title for _, title, _ in _COLUMNS]]
     for r in rounds:
         cells = []
@@ -80,7 +86,9 @@ def _plot(rounds: list[dict[str, Any]], float32_bytes: float, path: Path) -> Non
             "downlink_bytes", 0.0
         ) * r.get("sampled", 0)
         cum.append(total / 2**20)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    energy = [r for r in rounds if "energy_cumulative_wifi_j" in r]
+    fig, axes = plt.subplots(1, 3 if energy else 2, figsize=(15 if energy else 10, 4))
+    a, b = axes[0], axes[1]
     a.plot(x, acc, marker="o")
     a.set(xlabel="round", ylabel="global test accuracy", title="accuracy vs round")
     b.plot(cum, acc, marker="o")
@@ -89,7 +97,18 @@ def _plot(rounds: list[dict[str, Any]], float32_bytes: float, path: Path) -> Non
         ylabel="global test accuracy",
         title=f"accuracy vs traffic (float32 model: {float32_bytes / 2**20:.2f} MiB)",
     )
-    for ax in (a, b):
+    if energy:
+        c = axes[2]
+        for radio, label in (("wifi", "Wi-Fi"), ("lte", "LTE")):
+            xs = [r[f"energy_cumulative_{radio}_j"] for r in energy]
+            c.plot(xs, [r["accuracy"] for r in energy], marker="o", label=label)
+        c.set(
+            xlabel="cumulative modelled energy per device (J)",
+            ylabel="global test accuracy",
+            title="accuracy vs device energy (modelled)",
+        )
+        c.legend()
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -139,4 +158,18 @@ def summary(metrics: dict[str, Any]) -> str:
             f"(float32 model {f32:,} B)",
             f"skipped rounds: {len(rounds) - len(done)}; wall time {seconds:.0f} s",
         ]
+        + _energy_line(done)
     )
+
+
+def _energy_line(done: list[dict[str, Any]]) -> list[str]:
+    """Cumulative modelled device energy after the last round that has it (none: no line)."""
+    last = next((r for r in reversed(done) if "energy_cumulative_wifi_j" in r), None)
+    if last is None:
+        return []
+    compute = sum(r.get("energy_compute_j", 0.0) for r in done)
+    return [
+        f"modelled energy per device, all rounds: {last['energy_cumulative_wifi_j']:.3g} J over "
+        f"Wi-Fi, {last['energy_cumulative_lte_j']:.3g} J over LTE ({compute:.3g} J of it local "
+        "training; core.energy, not measured)"
+    ]

@@ -37,7 +37,7 @@ from core.energy.count import (
 )
 from core.energy.model import StepEnergy, energy_ratio, step_energy
 from core.energy.report import energy_rows, format_energy_table, print_energy_table
-from core.energy.rounds import round_energy
+from core.energy.rounds import RADIOS, device_round_fields, local_steps, round_energy
 
 __all__ = [
     "DEFAULT_CONSTANTS",
@@ -66,4 +66,7 @@ __all__ = [
     "format_energy_table",
     "print_energy_table",
     "round_energy",
+    "local_steps",
+    "device_round_fields",
+    "RADIOS",
 ]

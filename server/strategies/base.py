@@ -378,6 +378,7 @@ class BitFedStrategy(FedAvg):
         stats["clipped"] = len(clipped)
         stats |= self.extra_stats
         stats |= {"skipped": 0, "version": self.version} | _reply_stats(bounded)
+        stats["train_steps"] = _mean_steps(valid, self.cfg)  # claimed counts, before any cap
         self.round_stats[str(run_round)] = stats
         summary = {k: float(v) for k, v in stats.items() if isinstance(v, int | float)}
         return state_to_record(new_global), MetricRecord(summary)
@@ -399,6 +400,15 @@ def _reply_stats(valid: list[Reply]) -> dict[str, Any]:
         "peak_memory": max(int(_finite(r.metrics.get(codec.PEAK_MEMORY))) for r in valid),
         "train_time": float(np.mean([_finite(r.metrics.get(codec.TRAIN_TIME)) for r in valid])),
     }
+
+
+def _mean_steps(valid: list[Reply], cfg: ExperimentConfig) -> float:
+    """Mean local training steps of the valid replies (``core.energy.local_steps``)."""
+    from core.energy.rounds import local_steps  # core.energy imports torch; keep this module light
+
+    t = cfg.train
+    steps = [local_steps(r.examples, t.batch_size, t.epochs, t.max_batches) for r in valid]
+    return float(np.mean(steps))
 
 
 def _finite(value: Any) -> float:

@@ -19,10 +19,12 @@ from core.energy import (
     TRAFFIC_KINDS,
     count_model_step,
     count_step,
+    device_round_fields,
     energy_ratio,
     format_energy_table,
     get_constants,
     load_constants,
+    local_steps,
     round_energy,
     step_energy,
 )
@@ -301,6 +303,52 @@ class TestRoundEnergy:
         with pytest.raises(ValueError, match="steps must be >= 0"):
             round_energy(0.0, -1, 0, 0)
         assert math.isclose(HOROWITZ_45NM.lte.joules_per_byte_up, 8e-9 * (438.39 + 1288.04 / 6))
+
+
+class TestFederationRoundFields:
+    """The per-round energy fields of a run's metrics.json (server/recorder.py)."""
+
+    def test_local_steps(self):
+        assert local_steps(250, 100) == 3  # 100 + 100 + 50
+        assert local_steps(250, 100, epochs=2) == 6
+        assert local_steps(250, 100, epochs=2, max_batches=2) == 4
+        assert local_steps(100, 100, max_batches=5) == 1
+        assert local_steps(0, 100) == 0
+        with pytest.raises(ValueError, match="train.batch_size >= 1"):
+            local_steps(10, 0)
+
+    def test_a_literal_round_by_hand(self):
+        # 3 steps of 1 mJ; 1,000 B sent, 2,000 B received; nothing before.
+        out = device_round_fields(0.001, 3, 1_000, 2_000)
+        wifi = (
+            1_000 * 8e-9 * (283.17 + 132.86 / 10)  # 2.3716 mJ up
+            + 2_000 * 8e-9 * (137.01 + 132.86 / 10)  # 2.4047 mJ down
+            + 2 * 1e-3 * (124.4 * 0.0791 + 119.3 * 0.2381)  # 76.49 mJ: 2 promotions + tails
+        )
+        lte = (
+            1_000 * 8e-9 * (438.39 + 1288.04 / 6)
+            + 2_000 * 8e-9 * (51.97 + 1288.04 / 13)
+            + 2 * 1e-3 * (1210.7 * 0.2601 + 1060.0 * 11.576)  # 25.17 J, the LTE tail
+        )
+        assert out["energy_steps"] == 3.0
+        assert out["energy_compute_j"] == pytest.approx(0.003)
+        assert out["energy_radio_wifi_j"] == pytest.approx(wifi)
+        assert out["energy_radio_wifi_j"] == pytest.approx(0.0812671, rel=1e-5)
+        assert out["energy_radio_lte_j"] == pytest.approx(lte)
+        assert out["energy_radio_lte_j"] == pytest.approx(25.178567, rel=1e-6)
+        assert out["energy_wifi_j"] == pytest.approx(0.003 + wifi)
+        assert out["energy_lte_j"] == pytest.approx(0.003 + lte)
+        assert out["energy_cumulative_wifi_j"] == out["energy_wifi_j"]
+        # The next round adds to this one's cumulative sums.
+        nxt = device_round_fields(0.001, 1.5, 0, 0, previous=out)
+        assert nxt["energy_compute_j"] == pytest.approx(0.0015)
+        tail_wifi = 2 * 1e-3 * (124.4 * 0.0791 + 119.3 * 0.2381)
+        assert nxt["energy_cumulative_wifi_j"] == pytest.approx(
+            out["energy_wifi_j"] + 0.0015 + tail_wifi
+        )
+        assert nxt["energy_cumulative_lte_j"] == pytest.approx(
+            out["energy_lte_j"] + nxt["energy_lte_j"]
+        )
 
 
 class TestValgrindHelpers:
