@@ -5,8 +5,9 @@
 at growing batch sizes, then narrows the bracket between the last batch that fitted and the
 first that did not::
 
-    1. b = 1: if peak(1) > budget, nothing fits (batch 0, the reason says so);
-    2. exponential: b = 2, 4, 8, ... until peak(b) > budget (or b reaches ``max_probe_batch``);
+    1. b = ``min_batch`` (1; 2 for a model with batch norm, which cannot train on one sample):
+       if peak(b) > budget, nothing fits (batch 0, the reason says so);
+    2. exponential: b = 2b, 4b, 8b, ... until peak(b) > budget (or b reaches ``max_probe_batch``);
     3. bracket [lo, hi): next probe where the line through the two measured peaks meets the
        budget (clamped inside the bracket), or at the midpoint when the previous probe did not
        halve the bracket (so the worst case is a binary search), until ``hi - lo <=
@@ -32,9 +33,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["Probe", "PlanResult", "largest_batch", "measured_peak", "parse_bytes"]
+__all__ = [
+    "MIN_TRAIN_BATCH",
+    "Probe",
+    "PlanResult",
+    "largest_batch",
+    "measured_peak",
+    "parse_bytes",
+]
 
 ProbeFn = Callable[[int], int]
+
+#: Smallest batch a bitfed model trains on: its batch norms need two samples (a deviation), which
+#: is also why :func:`core.experiment.train_loader` drops a last batch of one.
+MIN_TRAIN_BATCH = 2
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
           "g": 1e9, "gb": 1e9, "gib": 2**30}  # fmt: skip
@@ -60,7 +72,7 @@ class PlanResult:
     budget_bytes : int
         The budget.
     batch : int
-        Largest batch whose whole-step peak fits (0: not even batch 1 fits).
+        Largest batch whose whole-step peak fits (0: not even ``min_batch`` fits).
     peak_bytes : int
         Peak at ``batch``: measured, or predicted when ``extrapolated`` (0 when ``batch`` is 0).
     extrapolated : bool
@@ -121,11 +133,13 @@ def measured_peak(
     in_shape: tuple[int, ...] | None = None,
     num_classes: int = 10,
     seed: int = 0,
+    po2_bias: int = 8,
 ) -> int:
     """Whole-step peak (bytes) of one warm training step at ``batch``, measured in this process.
 
     The model, optimizer and batch are built as :func:`core.memory.measure_recipe` builds them
-    (random 8-bit pixels: uint8 codes for low-cost recipes, float32 for ``standard``), and the
+    (random 8-bit pixels: uint8 codes for low-cost recipes, float32 for ``standard``;
+    ``po2_bias`` is ``lowcost-po2``'s ``b_off``), and the
     figure is :func:`core.memory.measure_step`'s ``peak_step_bytes`` (MemTracker: tensors, so
     other probes in this process do not disturb it).
     """
@@ -134,7 +148,7 @@ def measured_peak(
 
     shape = tuple(in_shape) if in_shape else default_in_shape(model_name)
     torch.manual_seed(seed)
-    rec = from_recipe(recipe)
+    rec = from_recipe(recipe, po2_bias=po2_bias)
     model = build_model(model_name, rec, num_classes=num_classes, in_shape=shape)
     optimizer = build_optimizer(model, rec)
     gen = torch.Generator().manual_seed(seed)
@@ -155,6 +169,7 @@ def largest_batch(
     probe: ProbeFn | None = None,
     max_probe_batch: int = 4096,
     resolution: float = 0.02,
+    min_batch: int = 1,
 ) -> PlanResult:
     """Find the largest batch whose measured whole-step peak fits ``budget_bytes``.
 
@@ -173,14 +188,18 @@ def largest_batch(
     resolution : float
         Stop when the bracket ``(lo, hi)`` is at most ``max(1, resolution * lo)`` wide: the
         answer is then within that fraction of the largest fitting batch (0 = exact).
+    min_batch : int
+        Smallest batch worth training (first probe): 2 where batch norm needs two samples.
 
     Returns
     -------
     PlanResult
     """
     budget = parse_bytes(budget_bytes)
-    if max_probe_batch < 1:
-        raise ValueError(f"max_probe_batch must be >= 1, got {max_probe_batch}")
+    if not 1 <= min_batch <= max_probe_batch:
+        raise ValueError(
+            f"need 1 <= min_batch <= max_probe_batch, got {min_batch} and {max_probe_batch}"
+        )
     if not 0.0 <= resolution < 1.0:
         raise ValueError(f"resolution must be in [0, 1), got {resolution}")
     if probe is None:
@@ -203,11 +222,11 @@ def largest_batch(
             model_name, str(recipe), budget, batch, peak, extrapolated, proof, tuple(probes), why
         )
 
-    first = measure(1)
+    first = measure(min_batch)
     if not first.fits:
         why = (
-            f"batch 1 needs {first.peak_bytes} bytes, over the budget of {budget} bytes: "
-            "nothing fits"
+            f"batch {min_batch} needs {first.peak_bytes} bytes, over the budget of {budget} "
+            "bytes: nothing fits"
         )
         return result(0, 0, False, None, why)
     lo, hi = first, None
