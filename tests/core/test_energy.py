@@ -400,3 +400,55 @@ class TestValgrindHelpers:
         std = step_energy(count_step("mlp", "standard", 4, (1, 8, 8)))
         low = step_energy(count_step("mlp", "lowcost", 4, (1, 8, 8)))
         assert entry["model_ratio"]["total_energy"] == pytest.approx(std.total_j / low.total_j)
+
+
+class TestFederation30Energy:
+    """benchmarks/energy.py: the 30-round MNIST federation's device energy, from saved JSON."""
+
+    @staticmethod
+    def run(variant, partition, wifi, lte, compute):
+        rounds = [{"compute_j": compute}]
+        return {
+            "variant": variant,
+            "partition": partition,
+            "wifi": {"total_j": wifi, "rounds": rounds},
+            "lte": {"total_j": lte, "rounds": rounds},
+        }
+
+    def test_ratios_by_hand(self):
+        from benchmarks.energy import federation_ratios
+
+        runs = [
+            self.run("lowcost + mean", "IID", 10.0, 700.0, 3.0),
+            self.run("float32 fedavg", "IID", 150.0, 1050.0, 10.0),
+            self.run("lowcost + mean", "Dirichlet(0.5)", 20.0, 800.0, 3.0),
+        ]
+        (iid,) = federation_ratios(runs)  # Dirichlet has no baseline run: left out
+        assert (iid["partition"], iid["variant"]) == ("IID", "lowcost + mean")
+        assert iid["wifi"] == 15.0 and iid["lte"] == 1.5
+        assert iid["compute_j"] == {"variant": 3.0, "baseline": 10.0}
+
+    def test_refresh_from_the_saved_results(self, tmp_path):
+        import shutil
+
+        from benchmarks.common import RESULTS_DIR
+        from benchmarks.energy import refresh_federation30
+
+        for name in ("energy.json", "federation30.json"):
+            shutil.copy(RESULTS_DIR / name, tmp_path / name)
+        part = refresh_federation30(tmp_path / "energy.json", tmp_path / "federation30.json")
+        assert part["steps_per_round"] == 54  # 6,000 examples per client, 10 % validation
+        energy = json.loads((tmp_path / "energy.json").read_text())
+        saved = energy["federation30"]
+        assert saved["ratios"] == part["ratios"] and len(part["ratios"]) == 2
+        fed = json.loads((RESULTS_DIR / "federation30.json").read_text())
+        run = next(r for r in fed["runs"] if r["variant"] == "lowcost + mean")
+        mlp = next(m for m in energy["models"] if m["model"] == "mlp" and m["batch"] == 100)
+        step = next(r["total_j"] for r in mlp["rows"] if r["recipe"] == "lowcost")
+        first = next(r for r in run["rounds"] if r["round"] == 1)
+        wifi_first = round_energy(step, 54, first["uplink_bytes"], first["downlink_bytes"])
+        mine = next(r for r in part["runs"] if r["variant"] == "lowcost + mean")
+        assert mine["wifi"]["rounds"][0]["total_j"] == pytest.approx(wifi_first["total_j"])
+        for r in part["ratios"]:
+            assert r["wifi"] > r["lte"] > 1  # 1 bit saves most where bytes, not tails, cost
+        assert (tmp_path / "energy.png").read_bytes()[:4] == b"\x89PNG"
