@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import MIB, REPO_ROOT, RESULTS_DIR, machine_line, read_json, write_bytes
+from benchmarks.report_energy import render_energy
 
 __all__ = ["ORDER", "title_of", "load_results", "render", "write_report", "main"]
 
@@ -28,6 +29,7 @@ ORDER = {
     "hostile": "6. Hostile clients",
     "hostile-short": "6b. Hostile clients: shortened runs",
     "gpu": "7. GPU figures",
+    "energy": "9. Energy per training step and per federated round (modelled)",
 }
 RECIPE_NOTE = (
     "`standard` is stock PyTorch BNN training (float32 latent weights, float32 autograd saving "
@@ -529,6 +531,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Doc]] = {
     "gpu": _gpu,
     "hostile": _hostile,
     "hostile-short": _hostile,
+    "energy": render_energy,
 }
 
 
