@@ -6,19 +6,25 @@ the change plus one scale per weight tensor, with error feedback, and its batch-
 float16 (:mod:`client.exchange`). ``strategy=fedavg`` swaps (1) and (3) for Flower's float32
 state. Peak memory, time and bytes are added by a mod (:mod:`client.mods`). A client without a
 training example (a population larger than the dataset) answers ``empty`` = 1 with no arrays and
-touches no state. See the README's "Federation" section for exactly what travels.
+touches no state. A device whose node config declares ``memory-budget`` trains with the largest
+batch that fits it (:mod:`client.budget`), or refuses the round (``refused`` = 1, no arrays)
+when none does; every trained reply names its ``batch-size``. See the README's "Federation"
+section for exactly what travels.
 """
 
 from __future__ import annotations
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from dataclasses import replace
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.budget import budget_of, choose_batch
 from client.exchange import receive, reply_arrays
 from client.hostile import hostile_reply
 from client.mods import round_footprint
 from core import codec, federated
-from core.codec import ARRAYS, METRICS, model_spec
+from core.codec import ARRAYS, METRICS, REFUSAL, model_spec
 from core.config import from_run_config
 
 __all__ = ["app"]
@@ -35,6 +41,19 @@ def train(msg: Message, context: Context) -> Message:
     if len(data.train_idx) == 0:  # a population larger than the dataset: nothing to train on
         empty = {codec.NUM_EXAMPLES: 0, codec.EMPTY: 1}
         return Message(RecordDict({METRICS: MetricRecord(empty)}), reply_to=msg)
+    budget = budget_of(context.node_config)
+    if budget is not None:  # the device's memory budget caps the batch, or rules the round out
+        shape = tuple(data.dataset.images.shape[1:])
+        choice = choose_batch(cfg, budget, shape, data.dataset.num_classes, len(data.train_idx))
+        if choice.refused:
+            refusal = {codec.NUM_EXAMPLES: 0, codec.REFUSED: 1, codec.MEMORY_BUDGET: budget,
+                       codec.MEMORY_NEED: choice.need_bytes}  # fmt: skip
+            content = {
+                METRICS: MetricRecord(refusal),
+                REFUSAL: ConfigRecord({"reason": choice.reason}),
+            }
+            return Message(RecordDict(content), reply_to=msg)
+        cfg = replace(cfg, train=replace(cfg.train, batch_size=choice.batch))
     model = federated.new_model(cfg, data.dataset)
     spec = model_spec(model)
 
@@ -54,6 +73,7 @@ def train(msg: Message, context: Context) -> Message:
         codec.LOSS: float(result.loss),
         codec.ACCURACY: float(result.accuracy),
         codec.MODEL_VERSION: int(msg.content[codec.CONFIG][codec.VERSION]),
+        codec.BATCH_SIZE: int(cfg.train.batch_size),
     }
     arrays = reply_arrays(model, spec, start, cfg)
     return Message(RecordDict({ARRAYS: arrays, METRICS: MetricRecord(metrics)}), reply_to=msg)

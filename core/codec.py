@@ -84,6 +84,12 @@ __all__ = [
     "TRAIN_TIME",
     "MODEL_VERSION",
     "NEED_FULL",
+    "EMPTY",
+    "BATCH_SIZE",
+    "REFUSED",
+    "MEMORY_BUDGET",
+    "MEMORY_NEED",
+    "REFUSAL",
     # errors and specs
     "CodecError",
     "TensorSpec",
@@ -463,3 +469,8 @@ TRAIN_TIME = "train-time"  # float: seconds of local training
 MODEL_VERSION = "model-version"  # int: global-model version the update was trained from
 NEED_FULL = "need-full"  # int 1: the client has no usable replica and sent no update
 EMPTY = "empty"  # int 1: the client holds no training example (K > N) and sent no update
+BATCH_SIZE = "batch-size"  # int: the training batch the client used (its memory budget may cap it)
+REFUSED = "refused"  # int 1: the client declined the round (no batch fits its memory budget)
+MEMORY_BUDGET = "memory-budget"  # int: bytes the device allows a training step (node config)
+MEMORY_NEED = "memory-need"  # int: measured step peak (bytes) at the smallest batch, when refused
+REFUSAL = "refusal"  # ConfigRecord of a refusing reply: {"reason": one line}

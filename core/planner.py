@@ -29,9 +29,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from core.config import ExperimentConfig
 
 __all__ = [
     "MIN_TRAIN_BATCH",
@@ -39,6 +42,8 @@ __all__ = [
     "PlanResult",
     "largest_batch",
     "measured_peak",
+    "config_peak",
+    "plan_for_config",
     "parse_bytes",
 ]
 
@@ -157,6 +162,60 @@ def measured_peak(
         x = x.float().div_(127.5).sub_(1.0)  # (B, C, H, W) in [-1, 1]
     y = torch.randint(0, num_classes, (batch,), generator=gen)
     return int(measure_step(model, optimizer, x, y, steps=0).peak_step_bytes)
+
+
+def config_peak(
+    cfg: ExperimentConfig, batch: int, in_shape: tuple[int, ...], num_classes: int
+) -> int:
+    """Whole-step peak (bytes) of one warm step at ``batch`` of the run ``cfg`` trains.
+
+    As :func:`measured_peak`, but the model and optimizer come from
+    :mod:`core.experiment` (``build_model_for``/``build_optimizer_for``): every recipe key of
+    the run (``po2_bias``, ...) reaches the probe as it reaches training. ``in_shape`` and
+    ``num_classes`` are the local dataset's.
+    """
+    from core.experiment import build_model_for, build_optimizer_for, recipe_of
+    from core.memory import measure_step
+
+    model = build_model_for(cfg, in_shape, num_classes)
+    optimizer = build_optimizer_for(cfg, model)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randint(0, 256, (batch, *in_shape), generator=gen, dtype=torch.uint8)
+    if not recipe_of(cfg).lowcost:
+        x = x.float().div_(127.5).sub_(1.0)  # (B, C, H, W) in [-1, 1], as the loader feeds it
+    y = torch.randint(0, num_classes, (batch,), generator=gen)
+    return int(measure_step(model, optimizer, x, y, steps=0).peak_step_bytes)
+
+
+def plan_for_config(
+    cfg: ExperimentConfig,
+    budget_bytes: int | str,
+    in_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    max_batch: int | None = None,
+) -> PlanResult:
+    """Largest batch, at most ``max_batch`` (default ``train.batch_size``), that fits the budget.
+
+    The configured batch is the ceiling: a budget only ever makes the batch smaller. Probes
+    start at :data:`MIN_TRAIN_BATCH` and are measured with :func:`config_peak`; the answer is
+    exact (``resolution`` 0) below the ceiling, and the probe at the ceiling proves it when the
+    whole configured batch fits.
+    """
+    top = max(MIN_TRAIN_BATCH, cfg.train.batch_size if max_batch is None else max_batch)
+    plan = largest_batch(
+        cfg.model.name, cfg.recipe.name, budget_bytes, in_shape=tuple(in_shape),
+        num_classes=num_classes, max_probe_batch=top, resolution=0.0, min_batch=MIN_TRAIN_BATCH,
+        probe=lambda b: config_peak(cfg, b, tuple(in_shape), num_classes),
+    )  # fmt: skip
+    if plan.batch <= top:
+        return plan
+    proof = next(p for p in plan.probes if p.batch == top)  # measured, and it fits
+    why = f"measured: the configured batch {top} fits (train.batch_size is the ceiling)"
+    return PlanResult(
+        plan.model, plan.recipe, plan.budget_bytes, top, proof.peak_bytes, False, proof,
+        plan.probes, why,
+    )  # fmt: skip
 
 
 def largest_batch(

@@ -213,6 +213,6 @@ def _fmt(value: Any, fmt: str = "{:.0f}") -> str:
 def _skip_note(row: dict[str, Any]) -> str:
     if not row.get("skipped"):
         return ""
-    failed = row.get("failed_nodes") or {}
+    failed = (row.get("failed_nodes") or {}) | (row.get("refused_nodes") or {})
     why = "; ".join(f"node {n}: {reason}" for n, reason in failed.items())
     return " (skipped" + (f": {why}" if why else "") + ")"

@@ -16,7 +16,8 @@ everything else is shared here:
   every magnitude it carries, relative to the round's robust statistics; one logged line per
   clipped node), applies the rule, and records the round's statistics
   (:attr:`~BitFedStrategy.round_stats`: sampled, valid, rejected, clipped, failed nodes and why,
-  empty replies of clients without a training example, bytes).
+  empty replies of clients without a training example, nodes that refused the round because no
+  batch fits their memory budget and why, bytes).
 """
 
 from __future__ import annotations
@@ -310,6 +311,7 @@ class BitFedStrategy(FedAvg):
         failures: dict[str, str] = {}
         rejected = 0
         empty: list[int] = []  # nodes with no training example (a population larger than N)
+        refused: dict[str, str] = {}  # nodes whose memory budget fits no batch: why
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -319,6 +321,10 @@ class BitFedStrategy(FedAvg):
             metrics = msg.content.metric_records.get(METRICS)
             if metrics is not None and metrics.get(codec.EMPTY) == 1:
                 empty.append(node)  # answered without an update: neither valid nor rejected
+                continue
+            if metrics is not None and metrics.get(codec.REFUSED) == 1:
+                refused[str(node)] = _refusal_reason(msg.content, metrics)
+                log(WARNING, "round %d: node %d refused: %s", run_round, node, refused[str(node)])
                 continue
             if metrics is not None and metrics.get(codec.NEED_FULL) == 1:
                 self.node_version[node] = -1
@@ -334,7 +340,7 @@ class BitFedStrategy(FedAvg):
             except CodecError as exc:
                 rejected += 1
                 log(WARNING, "round %d: rejected reply from node %d: %s", run_round, node, exc)
-        answered = {r.node for r in valid} | {int(n) for n in failures} | set(empty)
+        answered = {r.node for r in valid} | {int(n) for n in failures | refused} | set(empty)
         silent = [n for n in self._sent if n not in answered]
         stats: dict[str, Any] = {
             "sampled": len(self._sent),
@@ -343,18 +349,21 @@ class BitFedStrategy(FedAvg):
             "clipped": 0,
             "failed": len(failures),
             "empty": len(empty),
+            "refused": len(refused),
             "downlink_bytes": float(np.mean(list(self._sent.values()))) if self._sent else 0.0,
         }
         if failures:
             stats["failed_nodes"] = failures
+        if refused:
+            stats["refused_nodes"] = refused
         for reply in valid:  # their replicas are at the current version now
             self.node_version[reply.node] = self.version
         if len(valid) < self.cfg.federation.min_clients:
             log(
                 WARNING,
                 "round %d skipped: %d valid replies (%d sampled: %d failed, %d rejected, %d "
-                "silent, %d empty), fewer than federation.min_clients=%d; the global model "
-                "stays at version %d",
+                "silent, %d empty, %d refused), fewer than federation.min_clients=%d; the global "
+                "model stays at version %d",
                 run_round,
                 len(valid),
                 len(self._sent),
@@ -362,6 +371,7 @@ class BitFedStrategy(FedAvg):
                 rejected,
                 len(silent),
                 len(empty),
+                len(refused),
                 self.cfg.federation.min_clients,
                 self.version,
             )
@@ -409,6 +419,16 @@ def _mean_steps(valid: list[Reply], cfg: ExperimentConfig) -> float:
     t = cfg.train
     steps = [local_steps(r.examples, t.batch_size, t.epochs, t.max_batches) for r in valid]
     return float(np.mean(steps))
+
+
+def _refusal_reason(content: RecordDict, metrics: MetricRecord) -> str:
+    """Return the line a refusing node sent (at most 300 characters), or one from its numbers."""
+    record = content.config_records.get(codec.REFUSAL)
+    reason = record.get("reason") if record is not None else None
+    if isinstance(reason, str) and reason.strip():
+        return " ".join(reason.split())[:300]
+    need, budget = metrics.get(codec.MEMORY_NEED), metrics.get(codec.MEMORY_BUDGET)
+    return f"no batch fits its memory budget ({budget!r} bytes; smallest batch needs {need!r})"
 
 
 def _finite(value: Any) -> float:
