@@ -9,7 +9,10 @@ on the device, and the PID a supervisor sees is the SuperNode's).
 
 The node config tells the ClientApp which shard is this device's::
 
-    partition-id=K num-partitions=N data-root="DIR" [state-dir="DIR"]
+    partition-id=K num-partitions=N data-root="DIR" [state-dir="DIR"] [memory-budget="48MiB"]
+
+``memory-budget`` (``--memory-budget``) caps the training batch at the largest that fits that
+much memory, measured under the run's model and recipe (:mod:`client.budget`).
 
 Reconnection: no ``--max-retries``/``--max-wait-time`` is passed unless asked for, so the
 SuperNode retries for ever with backoff and rejoins a restarted SuperLink by itself.
@@ -55,6 +58,7 @@ class SuperNodeSpec:
     isolation: str = "subprocess"  # subprocess: ClientApps spawned here; process: own executor
     max_wait_time: float | None = None  # give up reconnecting after this long (None = never)
     state_dir: str | None = None  # where the ClientApp keeps its replica/residual on the device
+    memory_budget: str | None = None  # training-memory budget, e.g. "48MiB" (client.budget)
 
     def __post_init__(self) -> None:
         check_address("--superlink", self.superlink)
@@ -85,16 +89,28 @@ class SuperNodeSpec:
             raise ValueError(f"--port must be in 1..65535, got {self.port}")
         if self.max_wait_time is not None and self.max_wait_time <= 0:
             raise ValueError(f"--max-wait-time must be > 0, got {self.max_wait_time}")
+        if self.memory_budget is not None:
+            from core.planner import parse_bytes  # imports torch: only when a budget is given
+
+            try:
+                parse_bytes(self.memory_budget)
+            except ValueError as err:
+                raise ValueError(f"--memory-budget: {err}") from None
 
 
 def node_config(spec: SuperNodeSpec) -> str:
-    """Build ``--node-config``: ``partition-id=K num-partitions=N data-root="D" [state-dir=..]``."""
+    """Build ``--node-config``: ``partition-id=K num-partitions=N data-root="D" [state-dir=..]``.
+
+    ``memory-budget="SIZE"`` follows when the spec has one.
+    """
     items = []
     if spec.partition_id is not None:
         items += [f"partition-id={spec.partition_id}", f"num-partitions={spec.num_partitions}"]
     items.append(f'data-root="{spec.data_root}"')
     if spec.state_dir is not None:
         items.append(f'state-dir="{spec.state_dir}"')
+    if spec.memory_budget is not None:
+        items.append(f'memory-budget="{spec.memory_budget}"')
     return " ".join(items)
 
 
@@ -135,6 +151,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--state-dir", help="where this device keeps its model replica and residual"
     )
+    parser.add_argument(
+        "--memory-budget",
+        help="training-memory budget (48MiB, 1GiB, bytes): train the largest batch that fits",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="SuperNode Runtime API host")
     parser.add_argument("--port", type=int, default=DEFAULT_SUPERNODE_PORT, help="its port")
     parser.add_argument("--isolation", choices=ISOLATIONS, default="subprocess")
@@ -162,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             isolation=args.isolation,
             max_wait_time=args.max_wait_time,
             state_dir=_absolute(args.state_dir),
+            memory_budget=args.memory_budget,
         )
         if not Path(spec.data_root).is_dir():
             raise ValueError(f"--data-root {spec.data_root} is not a folder; create it first")

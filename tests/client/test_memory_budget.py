@@ -103,3 +103,17 @@ def test_a_small_budget_trains_a_smaller_batch_and_a_tiny_one_refuses(
         assert "memory-budget 0.00 MiB is below" in row["refused_nodes"]["101"]
     assert sum("node 101 refused: memory-budget" in m for m in flwr_log) == 2
     assert sorted(plans) == sorted([budget, 1024])  # one plan per device for both rounds
+
+
+def test_bitfed_client_passes_the_budget_in_the_node_config():
+    from flwr.common.config import parse_config_args
+
+    from client.deploy import SuperNodeSpec, node_config
+
+    spec = SuperNodeSpec(superlink="127.0.0.1:9092", data_root="/data", insecure=True,
+                         partition_id=0, num_partitions=2, memory_budget="48MiB")  # fmt: skip
+    assert node_config(spec).endswith(' memory-budget="48MiB"')
+    assert budget_of(parse_config_args([node_config(spec)])) == 48 * 2**20  # as the app reads it
+    with pytest.raises(ValueError, match=r"--memory-budget: memory size '48 parsecs' is not"):
+        SuperNodeSpec(superlink="127.0.0.1:9092", data_root="/data", insecure=True,
+                      memory_budget="48 parsecs")  # fmt: skip
