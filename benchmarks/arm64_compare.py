@@ -44,7 +44,7 @@ STEPS = 3
 def _environment() -> dict[str, str]:
     return {
         "machine": platform.machine(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "capability": torch.backends.cpu.get_cpu_capability(),
         "threads": str(torch.get_num_threads()),
     }

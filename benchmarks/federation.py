@@ -3,8 +3,9 @@
 Runs ``bitfed-sim``'s :func:`launch.sim.run` (Flower's simulation engine, one CPU per virtual
 client) once per variant and partition, each in a fresh subprocess:
 
-* ``lowcost + mean``: low-memory training, 1-bit updates both ways, example-weighted mean of
-  scale·sign (EF-signSGD);
+* ``lowcost + aligned`` (the default rule): low-memory training, 1-bit updates both ways, the
+  mean of scale·sign weighted by each reply's agreement with the majority vote;
+* ``lowcost + mean``: the same with the example-weighted mean of scale·sign (EF-signSGD);
 * ``lowcost + majority``: the same with the signSGD majority vote;
 * ``float32 fedavg``: stock float32 BNN training (recipe ``standard``) and Flower's float32
   FedAvg (the baseline a user would otherwise deploy);
@@ -55,6 +56,7 @@ __all__ = [
 NAME = "federation"
 #: label -> (recipe, strategy)
 VARIANTS = {
+    "lowcost + aligned": ("lowcost", "aligned"),
     "lowcost + mean": ("lowcost", "mean"),
     "lowcost + majority": ("lowcost", "majority"),
     "float32 fedavg": ("standard", "fedavg"),

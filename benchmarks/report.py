@@ -315,9 +315,9 @@ def _federation(res: dict[str, Any]) -> Doc:
         "`float32 fedavg` trains with the `standard` recipe and averages "
         "float32 models with Flower's FedAvg. Bytes are Flower's serialized records as the "
         "strategy measured them; *total* sums uplink and downlink over all clients and rounds. "
-        "Round 1's downlink to bitfed clients is the full model in float16 once; afterwards "
-        "both directions carry 1 bit per weight plus one scale per tensor and the float16 "
-        "batch-norm state.",
+        + _first_downlink(res)
+        + " Afterwards both directions carry 1 bit per weight plus one scale per tensor and the "
+        "float16 batch-norm state.",
         "",
     ]
     doc += _table(
@@ -344,6 +344,22 @@ def _federation(res: dict[str, Any]) -> Doc:
         per_round.append(f"- {r['partition']}, {r['variant']}: {accs}")
     doc += ["Test accuracy after each round (round 0 = the initial model):", "", *per_round, ""]
     return doc
+
+
+def _first_downlink(res: dict[str, Any]) -> str:
+    """What round 1 sent the 1-bit clients in this result (it changed with the seed-built
+    version 0: a run measured before that shows the float16 model)."""
+    first = [
+        r["rounds"][1].get("downlink_bytes")
+        for r in res.get("runs", [])
+        if r.get("strategy") != "fedavg" and len(r.get("rounds", [])) > 1
+    ]
+    if first and all(b == 0 for b in first):
+        return (
+            "Round 1 sends the 1-bit clients no model: each builds version 0 from the run's "
+            "seed and checks it against the server's digest."
+        )
+    return "Round 1's downlink to the 1-bit clients is the full model in float16 once."
 
 
 def _server_cost(res: dict[str, Any]) -> Doc:
@@ -606,11 +622,12 @@ def _summary(results: dict[str, dict[str, Any]]) -> Doc:
             out += _federation_summary(fed)
     if sc := _ok(results, "server_cost"):
         parts = []
+        rule = "aligned" if any(r["rule"] == "aligned" for r in sc["ratios"]) else "mean"
         for model in dict.fromkeys(r["model"] for r in sc["ratios"]):
             done = [
                 r
                 for r in sc["ratios"]
-                if r["model"] == model and r["rule"] == "mean" and "seconds" in r
+                if r["model"] == model and r["rule"] == rule and "seconds" in r
             ]
             if done:
                 top = max(done, key=lambda r: r["k"])
@@ -620,7 +637,7 @@ def _summary(results: dict[str, dict[str, Any]]) -> Doc:
                 )
         if parts:
             out.append(
-                "- **Server aggregation**, 1-bit `mean` vs float32 FedAvg (largest K "
+                f"- **Server aggregation**, 1-bit `{rule}` vs float32 FedAvg (largest K "
                 "measured for both): " + "; ".join(parts) + "."
             )
     return out
@@ -741,7 +758,8 @@ def _choosing(results: dict[str, dict[str, Any]]) -> Doc:
         + _po2_sentence(memory),
         "- **Float32 FedAvg** sends 32 bits per weight each way every round; bitfed's 1-bit "
         "rules send one bit per weight plus a scale per tensor and the float16 batch-norm state "
-        "(the first downlink to a new client is the float16 model)."
+        "(a new client builds version 0 from the run's seed; a stale one gets the missed 1-bit "
+        "steps or, when smaller, the float16 model)."
         + fed_txt
         + " Section 5 gives what the server pays per round.",
         "",

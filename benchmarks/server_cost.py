@@ -4,10 +4,11 @@ For each model (its real tensor layout, from :func:`core.codec.model_spec`) and 
 (10, 100, 1000), K random replies are built the way clients build them (sign updates:
 :func:`core.codec.encode_update` -> raw ``ArrayRecord``; FedAvg: float32 state -> Flower's numpy
 ``ArrayRecord``), then one round of :meth:`server.strategy.BitFedStrategy.aggregate_train` runs
-end to end: reply validation and decoding, the rule (``mean``: example-weighted mean of
+end to end: reply validation, bounds and decoding, the rule (``aligned``, the default: mean of
+scale·sign weighted by agreement with the majority vote; ``mean``: example-weighted mean of
 scale·sign; ``majority``: signSGD majority vote; ``fedavg``: Flower's own
 ``aggregate_arrayrecords``), the server's error-feedback re-binarization for the downlink, and
-the new global ``ArrayRecord``. All three rules run in the same process and the same run.
+the new global ``ArrayRecord``. All four rules run in the same process and the same run.
 
 * memory: the ``tracemalloc`` peak during one call above what was traced when it began (numpy
   registers its buffers with tracemalloc, Python ``bytes`` count natively): the server's
@@ -44,7 +45,7 @@ MODELS = {
     "binarynet": (3, 32, 32),
     "resnete18": (3, 224, 224),
 }
-RULES = ("mean", "majority", "fedavg")
+RULES = ("aligned", "mean", "majority", "fedavg")
 KS = (10, 100, 1000)
 
 
@@ -292,7 +293,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     rows = [r for r in result["rows"] if "seconds" in r]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
-    styles = {"mean": "-", "majority": ":", "fedavg": "--"}
+    styles = {"aligned": "-.", "mean": "-", "majority": ":", "fedavg": "--"}
     colors = dict(
         zip(result["config"]["models"], plt.rcParams["axes.prop_cycle"].by_key()["color"])
     )
@@ -323,7 +324,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax in (a, b):
         ax.grid(alpha=0.3, which="both")
     a.legend(fontsize=7, ncol=2)
-    fig.suptitle("BitFedStrategy.aggregate_train: 1-bit mean / majority vs float32 FedAvg")
+    fig.suptitle(
+        "BitFedStrategy.aggregate_train: 1-bit aligned / mean / majority vs float32 FedAvg"
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     save_figure(fig, path, result["machine"])
 

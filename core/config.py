@@ -145,7 +145,7 @@ class TrainConfig:
 class StrategyConfig:
     """Server-side aggregation of client updates."""
 
-    name: str = "mean"  # mean | aligned (trust-weighted mean) | majority (vote) | fedavg (float32)
+    name: str = "aligned"  # aligned (trust-weighted mean) | mean | majority (vote) | fedavg
     server_lr: float = 1.0  # multiplies the aggregated update
     server_momentum: float = 0.0  # 1-bit rules: momentum of the server step (0 = off; FedAvgM)
     majority_step: float = 0.0  # majority vote's step: 0 = sized from the round, > 0 = fixed
@@ -194,6 +194,10 @@ class FederationConfig:
     # and a float16 residual; replicas are rebuilt from what the server publishes
     # (core.replica_store)
     compact_state: bool = False
+    # bitfed-sim: "" = start a local Ray instance; "auto" or "<host>:<port>" = join that running
+    # Ray cluster (state_dir, output_dir and dataset.root must then be paths every node shares)
+    ray_address: str = ""
+    client_cpus: float = 1.0  # bitfed-sim: Ray CPUs per virtual client (actors = CPUs / this)
     checkpoint_dir: str = ""  # server-side checkpoints ("" = under the run folder)
     resume: bool = True  # continue from the last checkpoint when one exists
     lr_schedule: str = "cosine"  # client lr over rounds: cosine | constant (see round_lr)
@@ -207,6 +211,7 @@ class FederationConfig:
         _check_choice("federation.attack", self.attack, ATTACKS)
         _check_positive("federation.attackers", self.attackers, allow_zero=True)
         _check_positive("federation.delta_history", self.delta_history)
+        _check_positive("federation.client_cpus", self.client_cpus)
         if not 0.0 < self.lr_final <= 1.0:
             raise ValueError(f"federation.lr_final must be in (0, 1], got {self.lr_final}")
         _check_positive("federation.num_clients", self.num_clients)

@@ -48,6 +48,7 @@ __all__ = [
     "simulate",
     "load_component",
     "population_scale",
+    "backend_config",
     "APP_DIR",
     "CONF_DIR",
     "METRICS_FILE",
@@ -89,22 +90,37 @@ def simulate(cfg: ExperimentConfig) -> None:
     context = Context(
         run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
     )
-    cpus = max(1, os.cpu_count() or 1)
     with population_scale():
         _run_simulation(
             num_supernodes=cfg.federation.num_clients,
             exit_event=_exit_event(),
             client_app=client_app,
             server_app=server_app,
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"num_cpus": cpus, "include_dashboard": False},
-            },
+            backend_config=backend_config(cfg),
             server_app_context=context,
             app_dir=str(APP_DIR),
             run=run,
             is_app=True,
         )
+
+
+def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Flower's Ray backend config: a local Ray instance, or the cluster at ``ray_address``.
+
+    Locally Ray gets every CPU of this machine; on a cluster (``federation.ray_address`` =
+    ``auto`` or ``<head>:<port>``) Ray's own resources count and nothing is passed but the
+    address. Each virtual client (a Ray actor) takes ``federation.client_cpus`` CPUs, so a
+    cluster runs ``Σ_nodes floor(node CPUs / client_cpus)`` clients at a time.
+    """
+    fed = cfg.federation
+    if fed.ray_address:
+        init_args: dict[str, Any] = {"address": fed.ray_address}
+    else:
+        init_args = {"num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False}
+    return {
+        "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": 0.0},
+        "init_args": init_args,
+    }
 
 
 @contextmanager

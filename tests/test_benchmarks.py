@@ -161,7 +161,7 @@ def test_server_cost_quick_run_measures_the_strategy(tmp_path):
     res = json.loads((tmp_path / "server_cost.json").read_text())
     assert res["machine"]["threads"] == 1 and res["machine"]["torch"]
     rows = {r["rule"]: r for r in res["rows"]}
-    assert set(rows) == {"mean", "majority", "fedavg"}
+    assert set(rows) == {"aligned", "mean", "majority", "fedavg"}
     for row in rows.values():
         assert row["seconds"] > 0 and row["peak_bytes"] > 0
     # a float32 reply is ~30x a 1-bit one (32 bits vs 1 bit + scales + float16 BN state)

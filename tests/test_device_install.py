@@ -1,9 +1,10 @@
 """The documented aarch64 device install resolves to a CPU-only torch (issue 19).
 
-README, devices: on aarch64, ``pip install -c constraints-device-aarch64.txt .``. PyPI's aarch64
-torch wheels from 2.11 on require ``cuda-toolkit``, ``nvidia-*`` and ``triton`` on every Linux
-(gigabytes, and ``import torch`` fails without them); 2.10.0 is the last whose NVIDIA
-requirements are marked ``platform_machine == "x86_64"``. The resolve runs pip with
+README, devices: on aarch64, ``pip install -c constraints-device-aarch64.txt .`` (torch 2.9.1).
+PyPI's aarch64 torch wheels from 2.11 on require ``cuda-toolkit``, ``nvidia-*`` and ``triton`` on
+every Linux (gigabytes, and ``import torch`` fails without them); 2.9.1 and 2.10.0 mark their
+NVIDIA requirements ``platform_machine == "x86_64"``, and 2.10.0 dies with SIGILL on Armv8.0
+cores (Raspberry Pi 3/4), so devices take 2.9.1. The resolve runs pip with
 ``scripts/pip_aarch64.py`` (markers evaluated for aarch64, every manylinux tag a bookworm
 device accepts), needs PyPI and is cached under ``build/device-install/`` by a hash of its
 inputs (every version is pinned, so the answer cannot change); it skips with one line when
@@ -59,7 +60,7 @@ def _dependencies() -> list[str]:
 
 def test_device_constraints_are_constraints_txt_but_torch():
     device, host = _pins(DEVICE_CONSTRAINTS), _pins(CONSTRAINTS)
-    assert device.pop("torch") == "2.10.0"
+    assert device.pop("torch") == "2.9.1"
     host.pop("torch")
     assert device == host, "constraints-device-aarch64.txt drifted from constraints.txt"
 

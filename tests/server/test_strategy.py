@@ -222,7 +222,10 @@ def test_server_momentum_accumulates_the_step(beta):
         arrays, _ = s.aggregate_train(r, replies)
     moved = s.global_model(record_to_state(arrays))["w"] - GLOBAL["w"]
     plain = build_strategy(
-        ExperimentConfig(federation=FederationConfig(num_clients=3, clients_per_round=3)),
+        ExperimentConfig(
+            strategy=StrategyConfig(name="mean"),
+            federation=FederationConfig(num_clients=3, clients_per_round=3),
+        ),
         SPEC,
         lineage="abc",
     )
