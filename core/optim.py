@@ -235,9 +235,7 @@ def build_optimizer(
     n = sum(p.numel() for p in params) + sum(m.weight.numel() for m in packed if m.packed_weight)
     chunk = min(1 << 16, max(1 << 12, n // 16))
     if not rec.packed_weights:
-        return LowCostAdam(
-            params, packed, lr=lr, grad_scale=rec.grad_scale, chunk=chunk, seed=seed
-        )
+        return LowCostAdam(params, packed, lr=lr, grad_scale=rec.grad_scale, chunk=chunk, seed=seed)
     from core.bop import LowCostBop  # core.bop builds on this module
 
     latent = [m for m in packed if not m.packed_weight]
