@@ -8,18 +8,25 @@ smallest trainable batch (:data:`core.planner.MIN_TRAIN_BATCH`) does not fit, th
 refuses the round: it sends no update, only ``refused`` = 1, the budget, the measured need and
 one line saying why, which the server counts and logs by node.
 
-A plan is cached per process and configuration (model, recipe, input shape, classes, budget,
-ceiling), so a ClientApp process that serves many rounds measures once. The peak is of tensors,
-not of the process: interpreter, libraries and allocator slack come on top.
+A plan is cached per configuration (model, recipe, input shape, classes, budget, ceiling, torch
+version): in the process, and as ``memory-plan-<digest>.json`` in the device's state folder, so
+the ClientApp process Flower starts for each round reads it instead of measuring again. The peak
+is of tensors, not of the process: interpreter, libraries and allocator slack come on top.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
+import torch
+
+from core.atomic import atomic_write_json
 from core.config import ExperimentConfig
-from core.planner import PlanResult, parse_bytes, plan_for_config
+from core.planner import PlanResult, Probe, parse_bytes, plan_for_config
 
 __all__ = ["NODE_KEY", "BatchChoice", "budget_of", "choose_batch"]
 
@@ -83,17 +90,41 @@ def choose_batch(
     in_shape: tuple[int, ...],
     num_classes: int,
     examples: int,
+    cache_dir: Path | None = None,
 ) -> BatchChoice:
     """Largest batch at most ``min(train.batch_size, examples)`` that fits ``budget_bytes``.
 
-    Cached per process for the same model, recipe, shape, classes, budget and ceiling.
+    Cached per process, and in ``cache_dir`` when given, for the same model, recipe, shape,
+    classes, budget, ceiling and torch version.
     """
     top = max(1, min(cfg.train.batch_size, examples))
-    key = (repr(cfg.model), repr(cfg.recipe), tuple(in_shape), num_classes, budget_bytes, top)
+    key = (repr(cfg.model), repr(cfg.recipe), tuple(in_shape), num_classes, budget_bytes, top,
+           torch.__version__)  # fmt: skip
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+    path = None if cache_dir is None else Path(cache_dir) / f"memory-plan-{digest}.json"
     with _LOCK:
-        if key not in _PLANS:
+        if key not in _PLANS and path is not None:
+            _PLANS[key] = _load(path, repr(key))
+        if _PLANS.get(key) is None:
             _PLANS[key] = plan_for_config(
                 cfg, budget_bytes, tuple(in_shape), num_classes, max_batch=top
             )
+            if path is not None:
+                atomic_write_json(path, {"key": repr(key), "plan": _PLANS[key].as_dict()})
         plan = _PLANS[key]
     return BatchChoice(plan.batch, budget_bytes, plan)
+
+
+def _load(path: Path, key: str) -> PlanResult | None:
+    """Return the plan cached at ``path``; ``None`` when absent, unreadable or for another key."""
+    try:
+        saved = json.loads(path.read_text())
+        if saved["key"] != key:
+            return None
+        plan = dict(saved["plan"])
+        plan.pop("fits", None)
+        probes = tuple(Probe(**p) for p in plan.pop("probes"))
+        proof = plan.pop("proof")
+        return PlanResult(**plan, proof=Probe(**proof) if proof else None, probes=probes)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -23,6 +23,7 @@ from client.budget import budget_of, choose_batch
 from client.exchange import receive, reply_arrays
 from client.hostile import hostile_reply
 from client.mods import round_footprint
+from client.state import client_state_dir
 from core import codec, federated
 from core.codec import ARRAYS, METRICS, REFUSAL, model_spec
 from core.config import from_run_config
@@ -44,7 +45,10 @@ def train(msg: Message, context: Context) -> Message:
     budget = budget_of(context.node_config)
     if budget is not None:  # the device's memory budget caps the batch, or rules the round out
         shape = tuple(data.dataset.images.shape[1:])
-        choice = choose_batch(cfg, budget, shape, data.dataset.num_classes, len(data.train_idx))
+        choice = choose_batch(
+            cfg, budget, shape, data.dataset.num_classes, len(data.train_idx),
+            cache_dir=client_state_dir(cfg, context.node_config),
+        )  # fmt: skip
         if choice.refused:
             refusal = {codec.NUM_EXAMPLES: 0, codec.REFUSED: 1, codec.MEMORY_BUDGET: budget,
                        codec.MEMORY_NEED: choice.need_bytes}  # fmt: skip

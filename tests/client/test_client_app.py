@@ -31,6 +31,7 @@ EXPECTED_METRICS = {
     codec.PEAK_MEMORY,
     codec.TRAIN_TIME,
     codec.MODEL_VERSION,
+    codec.BATCH_SIZE,  # the batch it trained with (a memory-budget may lower it)
 }
 
 

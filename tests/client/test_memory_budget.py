@@ -6,7 +6,13 @@ from flwr.app import Context, RecordDict
 from client import budget as budget_module
 from client.budget import budget_of, choose_batch
 from core import codec
-from core.config import ExperimentConfig, FederationConfig, TrainConfig, to_run_config
+from core.config import (
+    ExperimentConfig,
+    FederationConfig,
+    RecipeConfig,
+    TrainConfig,
+    to_run_config,
+)
 from core.planner import MIN_TRAIN_BATCH, config_peak
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -117,3 +123,24 @@ def test_bitfed_client_passes_the_budget_in_the_node_config():
     with pytest.raises(ValueError, match=r"--memory-budget: memory size '48 parsecs' is not"):
         SuperNodeSpec(superlink="127.0.0.1:9092", data_root="/data", insecure=True,
                       memory_budget="48 parsecs")  # fmt: skip
+
+
+def test_a_plan_is_kept_in_the_state_folder_for_the_next_process(tmp_path, monkeypatch):
+    """Flower starts a ClientApp process per round: the next one reads the plan from disk."""
+    cfg = ExperimentConfig(train=TrainConfig(batch_size=8))
+    budget = config_peak(cfg, 5, SHAPE, CLASSES)
+    budget_module._PLANS.clear()
+    first = choose_batch(cfg, budget, SHAPE, CLASSES, examples=900, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("memory-plan-*.json"))) == 1
+    budget_module._PLANS.clear()  # a fresh process
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(budget_module, "plan_for_config", no_measuring)
+    again = choose_batch(cfg, budget, SHAPE, CLASSES, examples=900, cache_dir=tmp_path)
+    assert again == first and 5 <= again.batch < 8 and again.plan.proof.batch == again.batch
+    other = ExperimentConfig(train=TrainConfig(batch_size=8), recipe=RecipeConfig(name="standard"))
+    budget_module._PLANS.clear()
+    with pytest.raises(AssertionError, match="measured again"):  # another config: not reused
+        choose_batch(other, budget, SHAPE, CLASSES, examples=900, cache_dir=tmp_path)
