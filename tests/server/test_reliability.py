@@ -195,8 +195,8 @@ def test_too_few_replies_skip_the_round_and_keep_the_model(tmp_path, flwr_log):
     assert rows[2]["accuracy"] == rows[0]["accuracy"]  # the global model never moved
     assert (
         sum(
-            "skipped: 1 valid replies (3 sampled: 2 failed, 0 rejected, 0 silent, 0 empty), "
-            "fewer than federation.min_clients=2" in m
+            "skipped: 1 valid replies (3 sampled: 2 failed, 0 rejected, 0 silent, 0 empty, "
+            "0 refused), fewer than federation.min_clients=2" in m
             for m in flwr_log
         )
         == 2
