@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,13 +202,31 @@ def train_mnist(recipe: str, root: str, epochs: int, threads: int) -> dict[str, 
     return row
 
 
-def measure_accuracy(
-    root: Path, epochs: int, threads: int, timeout: float
-) -> Callable[[], list[dict[str, Any]]]:
-    """Start :func:`train_mnist` for lowcost and lowcost-bop as two concurrent subprocesses.
+class _Training:
+    """The two concurrent MNIST runs of :func:`measure_accuracy`."""
 
-    Returns a function that waits for both and returns their results.
-    """
+    def __init__(self, procs: list[subprocess.Popen], timeout: float) -> None:
+        self.procs, self.timeout = procs, timeout
+
+    def wait(self) -> list[dict[str, Any]]:
+        """Wait for both runs; return their results (lowcost first)."""
+        rows = []
+        for proc in self.procs:
+            out, _ = proc.communicate(timeout=self.timeout)
+            if proc.returncode != 0:
+                raise RuntimeError(f"MNIST training failed with exit status {proc.returncode}")
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+        return rows
+
+    def cancel(self) -> None:
+        """Stop both runs (the benchmark failed elsewhere)."""
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+def measure_accuracy(root: Path, epochs: int, threads: int, timeout: float) -> _Training:
+    """Start :func:`train_mnist` for lowcost and lowcost-bop as two concurrent subprocesses."""
     if not (root / "train-images-idx3-ubyte.gz").exists():
         raise SkipBenchmark(f"MNIST not found at {root}; pass --mnist DIR")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -220,27 +237,24 @@ def measure_accuracy(
                 "threads": threads}  # fmt: skip
         cmd = [sys.executable, "-m", "benchmarks.bop", "--worker", json.dumps(spec)]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env))
-
-    def wait() -> list[dict[str, Any]]:
-        rows = []
-        for proc in procs:
-            out, _ = proc.communicate(timeout=timeout)
-            if proc.returncode != 0:
-                raise RuntimeError(f"MNIST training failed with exit status {proc.returncode}")
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-        return rows
-
-    return wait
+    return _Training(procs, timeout)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Memory, time and accuracy (see the module docstring)."""
     models = ("mlp",) if args.quick else MODELS
     rounds, epochs = (2, 1) if args.quick else (args.rounds, args.epochs)
-    training = None  # the MNIST runs start first and train while memory and time are measured
+    training = None  # the MNIST runs train while memory (MemTracker: load-independent) is measured
     if not args.skip_accuracy:
         training = measure_accuracy(args.mnist, epochs, args.threads, args.timeout * epochs)
-    memory = measure_memory(models, args.threads, args.timeout)
+    try:
+        memory = measure_memory(models, args.threads, args.timeout)
+    except BaseException:
+        if training is not None:
+            training.cancel()
+        raise
+    accuracy = [] if training is None else training.wait()
+    timing = measure_time(models, args.threads, rounds, args.steps, args.timeout)  # machine quiet
     by = {(r["model"], r["recipe"]): r["measured"] for r in memory}
     ratios = []
     for model_name in models:
@@ -259,8 +273,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     "target": TARGETS[model_name] if recipe == "lowcost-bop" else None,
                 }
             )
-    timing = measure_time(models, args.threads, rounds, args.steps, args.timeout)
-    accuracy = [] if training is None else training()
     return {
         "config": {
             "models": list(models),
