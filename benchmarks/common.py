@@ -242,8 +242,13 @@ Measure = Callable[[argparse.Namespace], dict[str, Any]]
 Plot = Callable[[dict[str, Any], Path], None]
 
 
-def run_benchmark(name: str, measure: Measure, plot: Plot, args: argparse.Namespace) -> int:
+def run_benchmark(
+    name: str, measure: Measure, plot: Plot, args: argparse.Namespace, module: str = ""
+) -> int:
     """Run ``measure(args)``, write ``<out>/<name>.json`` and ``.png``; return an exit status.
+
+    ``module``: the benchmark's module under ``benchmarks`` when it is not ``name`` (a result
+    written under another name), for the command line recorded in the JSON.
 
     Returns 0 on success or a skip (the JSON then holds ``"skipped": reason``), 1 when
     ``measure`` failed (the JSON holds ``"error"`` and the traceback goes to stderr).
@@ -259,9 +264,9 @@ def run_benchmark(name: str, measure: Measure, plot: Plot, args: argparse.Namesp
     envelope: dict[str, Any] = {
         "name": name,
         "quick": bool(args.quick),
-        "command": " ".join(["python", "-m", f"benchmarks.{name}", *sys.argv[1:]]).replace(
-            f"{REPO_ROOT}/", ""
-        ),
+        "command": " ".join(
+            ["python", "-m", f"benchmarks.{module or name}", *sys.argv[1:]]
+        ).replace(f"{REPO_ROOT}/", ""),
         "machine": machine_info(),
     }
     status = 0

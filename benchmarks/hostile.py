@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in flower_env(WORK_DIR / ".flwr").items():  # before Flower is imported
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
-    return run_benchmark(args.name, measure, plot, args)
+    return run_benchmark(args.name, measure, plot, args, module=NAME)
 
 
 if __name__ == "__main__":

@@ -448,6 +448,18 @@ def _gpu(res: dict[str, Any]) -> Doc:
     return doc
 
 
+def _runs_span(runs: list[dict[str, Any]]) -> str:
+    """When the cached runs of a result ran and what they cost (the JSON may only assemble
+    them: its own date and seconds are then the assembly's)."""
+    done = sorted(r["finished"] for r in runs if r.get("finished"))
+    if not done:
+        return ""
+    minutes = sum(r.get("wall_seconds", 0.0) for r in runs) / 60
+    loads = [r["load_avg_1min"] for r in runs if r.get("load_avg_1min") is not None]
+    load = f", load average {min(loads):.1f}–{max(loads):.1f}" if loads else ""
+    return f"; they finished between {done[0]} and {done[-1]}, {minutes:.0f} minutes of runs{load}"
+
+
 def _hostile(res: dict[str, Any]) -> Doc:
     cfg = res["config"]
     bounds = cfg.get("strategy_defaults", {})
@@ -466,7 +478,9 @@ def _hostile(res: dict[str, Any]) -> Doc:
         "federation.attackers=<f>`); the server's bounds are the defaults "
         + ", ".join(f"`strategy.{k}={v}`" for k, v in bounds.items())
         + (f", with overrides {cfg['set']}" if cfg.get("set") else "")
-        + f". {len(res['runs'])} of {res.get('planned', len(res['runs']))} planned runs done.",
+        + f". {len(res['runs'])} of {res.get('planned', len(res['runs']))} planned runs done"
+        + _runs_span(res["runs"])
+        + ".",
         "",
         "Attacks (`client/hostile.py`; *g* the global model, *w* the honest local model):",
         "",
