@@ -388,7 +388,7 @@ class BitFedStrategy(FedAvg):
         stats["clipped"] = len(clipped)
         stats |= self.extra_stats
         stats |= {"skipped": 0, "version": self.version} | _reply_stats(bounded)
-        stats["train_steps"] = _mean_steps(valid, self.cfg)  # claimed counts, before any cap
+        stats["train_steps"] = _mean_steps(valid, self.cfg)
         self.round_stats[str(run_round)] = stats
         summary = {k: float(v) for k, v in stats.items() if isinstance(v, int | float)}
         return state_to_record(new_global), MetricRecord(summary)
@@ -413,11 +413,17 @@ def _reply_stats(valid: list[Reply]) -> dict[str, Any]:
 
 
 def _mean_steps(valid: list[Reply], cfg: ExperimentConfig) -> float:
-    """Mean local training steps of the valid replies (``core.energy.local_steps``)."""
+    """Mean local training steps of the valid replies (``core.energy.local_steps``).
+
+    The claimed example counts are capped as the aggregation weights are
+    (:func:`~server.aggregate.cap_examples`, ``strategy.example_cap`` x the round's median, or
+    2 x when weights are uniform), so one client's claim cannot inflate the round's energy figure.
+    """
     from core.energy.rounds import local_steps  # core.energy imports torch; keep this module light
 
     t = cfg.train
-    steps = [local_steps(r.examples, t.batch_size, t.epochs, t.max_batches) for r in valid]
+    counts, _ = cap_examples([r.examples for r in valid], cfg.strategy.example_cap or 2.0)
+    steps = [local_steps(n, t.batch_size, t.epochs, t.max_batches) for n in counts]
     return float(np.mean(steps))
 
 

@@ -62,3 +62,16 @@ def test_a_short_run_reports_device_energy_per_round(tmp_path):
     assert rounds[2]["energy_lte_j"] > rounds[2]["energy_wifi_j"]  # LTE's 11.6 s tail
     assert "J/dev wifi" in format_table(metrics["rounds"])
     assert f"{cumulative['wifi']:.3g} J over Wi-Fi" in summary(metrics)
+
+
+def test_a_claim_of_many_examples_does_not_inflate_the_round_steps():
+    """train_steps (the energy figure's local steps) caps claims like the aggregation weights."""
+    from core.config import ExperimentConfig, TrainConfig
+    from server.strategies.base import Reply, _mean_steps
+
+    cfg = ExperimentConfig(train=TrainConfig(batch_size=100, epochs=1, max_batches=0))
+    honest = [Reply(None, None, 500) for _ in range(3)]
+    liar = Reply(None, None, 100_000)
+    assert _mean_steps(honest, cfg) == 5.0
+    # capped at example_cap (2) x the median claim 500 = 1000 examples = 10 steps
+    assert _mean_steps([*honest, liar], cfg) == (3 * 5 + 10) / 4
