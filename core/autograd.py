@@ -76,6 +76,7 @@ from core.functional import (
     po2_quantize,
     unpack_bits,
 )
+from core.kernels import binary_product_dtype
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -118,15 +119,19 @@ class InputKind:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _slices(rows: int, per_row: int, floor: int = MIN_CHUNK_ELEMENTS) -> list[slice]:
+def _slices(
+    rows: int, per_row: int, floor: int = MIN_CHUNK_ELEMENTS, *, itemsize: int = 2
+) -> list[slice]:
     """Row slices holding ~1/16 of a ``rows x per_row`` tensor (within the chunk bounds).
 
     A float32 slice is then ~0.25 B per element of the tensor, far below the 2 B/element fp16
     gradient buffers that backward needs anyway. Below ``floor`` elements per slice (small
     models), per-call overhead would dominate the step time, so slices are never smaller.
+    ``itemsize=4`` (float32 kernels for bf16 operands, :mod:`core.kernels`) halves the slices,
+    so they hold the bytes of the 16-bit slices they replace.
     """
     budget = min(CHUNK_ELEMENTS, max(floor, rows * per_row // SLICE_FRACTION))
-    return batch_slices(rows, per_row, budget)
+    return batch_slices(rows, per_row, budget * 2 // max(2, itemsize))
 
 
 def _floor_for(dtype: torch.dtype) -> int:
@@ -135,14 +140,15 @@ def _floor_for(dtype: torch.dtype) -> int:
 
 
 def _column_slices(
-    rows: int, cols: int, batch: int, floor: int = MIN_CHUNK_ELEMENTS
+    rows: int, cols: int, batch: int, floor: int = MIN_CHUNK_ELEMENTS, *, itemsize: int = 2
 ) -> list[slice]:
     """Column slices (multiples of 8 wide, so they fall on packed-byte boundaries).
 
     A slice's ``(rows, c)`` block of ``G`` and its ``(batch, c)`` block of the input both fit
-    the budget of :func:`_slices`.
+    the budget of :func:`_slices` (``itemsize`` as there).
     """
     budget = min(CHUNK_ELEMENTS, max(floor, rows * cols // SLICE_FRACTION))
+    budget = budget * 2 // max(2, itemsize)
     width = max(8, budget // max(1, rows, batch) // 8 * 8)
     return [slice(c, min(c + width, cols)) for c in range(0, cols, width)]
 
@@ -250,18 +256,61 @@ def _weight_columns(
     return _weight_operand(weight[rows, cols], binary, dtype)
 
 
+def _sign_by_sign(kind: str, binary_weight: bool) -> bool:
+    return kind == InputKind.BINARY and binary_weight
+
+
 def _compute_dtype(kind: str, binary_weight: bool) -> torch.dtype:
-    return torch.bfloat16 if kind == InputKind.BINARY and binary_weight else torch.float32
+    """+-1 x +-1 products: :func:`core.kernels.binary_product_dtype` (bf16 or fp32, both exact)."""
+    return binary_product_dtype() if _sign_by_sign(kind, binary_weight) else torch.float32
 
 
-def _output_dtype(compute: torch.dtype) -> torch.dtype:
-    """Pre-BN output dtype: bf16 for +-1 x +-1 products, else fp16.
+def _output_dtype(kind: str, binary_weight: bool) -> torch.dtype:
+    """Pre-BN output dtype: bf16 for +-1 x +-1 products (whatever kernel ran them), else fp16.
 
     A binary layer's output ``Y`` holds integers (exact in bf16 up to 256, even ones up to 512),
     and its gradient ``dY`` is rounded to bf16 for the bf16 products anyway; handing both over
     in bf16 saves a converted copy of ``dY`` in every binary layer's backward.
     """
-    return torch.bfloat16 if compute == torch.bfloat16 else torch.float16
+    return torch.bfloat16 if _sign_by_sign(kind, binary_weight) else torch.float16
+
+
+def _kernel_itemsize(kind: str, binary_weight: bool) -> int:
+    """4 where float32 kernels compute a layer's 16-bit-operand products, else 2 (slice sizing)."""
+    wider = _compute_dtype(kind, binary_weight) != _operand_dtype(kind, binary_weight)
+    return 4 if wider else 2
+
+
+def _operand_dtype(kind: str, binary_weight: bool) -> torch.dtype:
+    """Dtype of a layer's product operands and results: bf16 for +-1 x +-1, else float32."""
+    return torch.bfloat16 if _sign_by_sign(kind, binary_weight) else torch.float32
+
+
+def _product(a: Tensor, b: Tensor, compute: torch.dtype) -> Tensor:
+    """Return ``a @ b`` in ``a``'s dtype, computed by a ``compute`` kernel.
+
+    When ``compute`` is wider than ``a`` (float32 kernels for bf16 operands, :mod:`core.kernels`),
+    rows of ``a`` are widened slice by slice and each result is rounded once to ``a``'s dtype:
+    exactly what a bf16 kernel (float32 accumulation, one rounding) returns.
+    """
+    if a.dtype == compute:
+        return a @ b
+    out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype)
+    for s in _slices(a.shape[0], a.shape[1], itemsize=compute.itemsize):
+        out[s] = a[s].to(compute) @ b
+    return out
+
+
+def _rounded_like_bf16_kernel(t: Tensor, kind: str, binary_weight: bool) -> Tensor:
+    """Round a float32 +-1 x +-1 product as a bf16 kernel rounds its output (to bf16).
+
+    With float32 products (:mod:`core.kernels`), this makes the result the same as the
+    bf16 kernel's (both accumulate the exact products in float32 and round once), so the
+    kernel choice changes speed, not the trained model.
+    """
+    if t.dtype != torch.bfloat16 and _sign_by_sign(kind, binary_weight):
+        return t.to(torch.bfloat16)
+    return t
 
 
 def _store_weight_grad(grad_bits: Tensor, rows: slice, g: Tensor) -> None:
@@ -289,7 +338,7 @@ def linear_forward(
     """
     cdt = _compute_dtype(kind, binary_weight)
     out_f, in_f = _logical_shape(weight, weight_shape)
-    y = torch.empty(x.shape[0], out_f, dtype=_output_dtype(cdt))
+    y = torch.empty(x.shape[0], out_f, dtype=_output_dtype(kind, binary_weight))
     if x.dtype == torch.uint8:
         if binary_weight and x.device.type == "cpu":
             return _codes_times_signs(x, weight, y, in_f)
@@ -299,9 +348,16 @@ def linear_forward(
             for s in batch:
                 y[s, r] = load_data(x[s], cdt) @ w.T  # (b, r)
         return y
-    xc = x.to(cdt)  # (B, in); +-1 exact in bf16
-    for r in _slices(out_f, in_f):
-        y[:, r] = xc @ _weight_operand(weight[r], binary_weight, cdt, weight_shape).T  # (B, r)
+    if cdt.itemsize <= x.dtype.itemsize:  # a 16-bit copy of the batch: +-1 exact in bf16
+        xc = x.to(cdt)  # (B, in)
+        for r in _slices(out_f, in_f):
+            y[:, r] = xc @ _weight_operand(weight[r], binary_weight, cdt, weight_shape).T
+        return y
+    batch = _slices(x.shape[0], in_f, itemsize=cdt.itemsize)  # float32 products: batch slices
+    for r in _slices(out_f, in_f, itemsize=cdt.itemsize):
+        w = _weight_operand(weight[r], binary_weight, cdt, weight_shape)  # (r, in)
+        for s in batch:
+            y[s, r] = x[s].to(cdt) @ w.T  # (b, r)
     return y
 
 
@@ -352,8 +408,9 @@ def conv2d_forward(
     b = x.shape[0]
     h_out = (x.shape[2] + 2 * padding - shape[2]) // stride + 1
     w_out = (x.shape[3] + 2 * padding - shape[3]) // stride + 1
-    y = torch.empty(b, shape[0], h_out, w_out, dtype=_output_dtype(cdt))
-    for s in _slices(b, max(x[0].numel(), y[0].numel())):  # uint8 codes: scaled per slice
+    y = torch.empty(b, shape[0], h_out, w_out, dtype=_output_dtype(kind, binary_weight))
+    per = max(x[0].numel(), y[0].numel())
+    for s in _slices(b, per, itemsize=_kernel_itemsize(kind, binary_weight)):  # uint8: scaled
         y[s] = F.conv2d(load_data(x[s], cdt), w, stride=stride, padding=padding)
     return y
 
@@ -428,22 +485,27 @@ class BinaryLinearFn(Function):
     def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
         saved, weight, grad_bits, grad_count = ctx.saved_tensors
         cdt = _compute_dtype(ctx.kind, ctx.binary_weight)
+        pdt = _operand_dtype(ctx.kind, ctx.binary_weight)  # bf16 for +-1 layers, whatever cdt
+        wide = _kernel_itemsize(ctx.kind, ctx.binary_weight)
         out_f, in_f = ctx.weight_shape
         b = gy.shape[0]
         m = float(gy.abs().max()) if ctx.po2_bias is not None else 0.0
-        # dY in the compute dtype: a no-op for bf16 layers (dY arrives in bf16); float32 copies
-        # (data layer) or PO2-quantized copies in slices of output features otherwise
-        floor = _floor_for(cdt)  # float32 blocks (data layer): half as many elements
-        rows = [slice(0, out_f)] if cdt == gy.dtype and m == 0.0 else _slices(out_f, b, floor)
+        # dY as an operand: a no-op for bf16 layers (dY arrives in bf16); float32 copies
+        # (data layer) or PO2-quantized copies in slices of output features otherwise. The
+        # slicing follows the operand dtype, so float32 kernels round exactly as bf16 ones.
+        floor = _floor_for(pdt)  # float32 blocks (data layer): half as many elements
+        rows = [slice(0, out_f)] if pdt == gy.dtype and m == 0.0 else _slices(out_f, b, floor)
         gx = torch.empty(b, in_f, dtype=ctx.in_dtype) if ctx.needs_input_grad[0] else None
         acc = torch.zeros(b, in_f) if gx is not None and len(rows) > 1 else None
         for r in rows:
             g = gy[:, r] if ctx.po2_bias is None else _po2(gy[:, r].float(), ctx.po2_bias, m)
-            g = g.to(cdt)  # (B, r)
-            for c in _column_slices(r.stop - r.start, in_f, b, floor):  # whole packed bytes
-                # grad-input: dX[:, c] = dY . W_b[:, c]  (data layer: skipped)
+            g = g.to(pdt)  # (B, r)
+            for c in _column_slices(r.stop - r.start, in_f, b, floor, itemsize=wide):
+                # grad-input: dX[:, c] = dY . W_b[:, c]  (data layer: skipped); columns fall
+                # on whole packed bytes, and each dX / G value is one whole reduction
                 if gx is not None:
-                    part = g @ _weight_columns(weight, r, c, ctx.binary_weight, cdt)  # (B, c)
+                    w = _weight_columns(weight, r, c, ctx.binary_weight, cdt)  # (r, c)
+                    part = _product(g, w, cdt)  # (B, c)
                     if acc is None:
                         gx[:, c] = part
                     else:
@@ -451,7 +513,7 @@ class BinaryLinearFn(Function):
                 # grad-weight: sign(dY^T . X[:, c]) -> packed columns of grad_bits
                 x = _load_columns(saved, ctx.kind, c, cdt)  # (B, c)
                 bytes_ = slice(c.start // 8, (c.stop + 7) // 8)
-                grad_bits[r, bytes_] = pack_bits((g.T @ x) >= 0)  # (r, c) -> (r, c/8)
+                grad_bits[r, bytes_] = pack_bits(_product(g.T, x, cdt) >= 0)  # (r, c) -> (r, c/8)
         if acc is not None:
             gx.copy_(acc)
         grad_count.add_(1)
@@ -503,20 +565,24 @@ class BinaryConv2dFn(Function):
         gx = torch.empty(b, *in_shape, dtype=ctx.in_dtype) if need_gx else None
         acc = torch.zeros(ctx.weight_shape, dtype=torch.float32)  # G, (C_out, C_in, k, k)
         per = max(math.prod(in_shape), gy[0].numel())
-        for s in _slices(b, per):
-            n = s.stop - s.start
-            g = gy[s]  # (n, C_out, H_out, W_out); bf16 dY of a +-1 layer is used as it is
-            if ctx.po2_bias is not None or g.dtype != cdt:
-                g = _po2(g.float(), ctx.po2_bias, m).to(cdt)
-            x = _load_input(saved[s], ctx.kind, (n, *in_shape), cdt)  # (n, C_in, H, W)
-            gxs, gw, _ = torch.ops.aten.convolution_backward(
-                g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
-                [need_gx, True, False],
-            )  # fmt: skip
-            del x, g
-            if gx is not None:
-                gx[s] = gxs
-            acc += gw
+        wide = _kernel_itemsize(ctx.kind, ctx.binary_weight)
+        for s in _slices(b, per):  # the bf16 kernel's plan: G rounds once per slice either way
+            gw_s = None
+            for q in _slices(s.stop - s.start, per, itemsize=wide):  # float32 kernels: halves
+                q = slice(s.start + q.start, s.start + q.stop)
+                g = gy[q]  # (n, C_out, H_out, W_out); bf16 dY of a +-1 layer is used as it is
+                if ctx.po2_bias is not None or g.dtype != cdt:
+                    g = _po2(g.float(), ctx.po2_bias, m).to(cdt)
+                x = _load_input(saved[q], ctx.kind, (q.stop - q.start, *in_shape), cdt)
+                gxs, gw, _ = torch.ops.aten.convolution_backward(
+                    g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
+                    [need_gx, True, False],
+                )  # fmt: skip
+                del x, g
+                if gx is not None:
+                    gx[q] = _rounded_like_bf16_kernel(gxs, ctx.kind, ctx.binary_weight)
+                gw_s = gw if gw_s is None else gw_s.add_(gw)
+            acc += _rounded_like_bf16_kernel(gw_s, ctx.kind, ctx.binary_weight)
         _store_weight_grad(grad_bits, slice(None), acc)
         grad_count.add_(1)
         return gx, None, None, None, None, None, None, None, None, None, None

@@ -32,12 +32,16 @@ class ModelShape:
         max-pool that directly follows it (the "post-pool size" of docs/method.md §5).
     max_activation
         max_l act_l over the inputs and outputs of all weight layers (the data included).
+    packed
+        Per weight layer, whether its binary weights are stored as packed bits (``lowcost-bop``);
+        empty means none is.
     """
 
     weights: tuple[int, ...]
     inputs: tuple[int, ...]
     norm_outputs: tuple[int, ...]
     max_activation: int
+    packed: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.weights or len(self.weights) != len(self.inputs):
@@ -85,6 +89,7 @@ def trace_model(model: nn.Module, in_shape: tuple[int, ...]) -> ModelShape:
         Shape of one sample, e.g. ``(1, 28, 28)``.
     """
     events: list[tuple[str, int, int, int]] = []  # (kind, numel_in, numel_out, weight_numel)
+    packed: list[bool] = []  # per event: a weight layer with packed binary weights
     handles = []
 
     def hook(kind: str) -> Callable[..., None]:
@@ -93,6 +98,7 @@ def trace_model(model: nn.Module, in_shape: tuple[int, ...]) -> ModelShape:
             weight = getattr(module, "weight", None)
             n_weights = weight.numel() if kind == "weight" and weight is not None else 0
             events.append((kind, numel_in, _numel_per_sample(output), n_weights))
+            packed.append(kind == "weight" and bool(getattr(module, "packed_weight", False)))
 
         return record
 
@@ -127,7 +133,10 @@ def trace_model(model: nn.Module, in_shape: tuple[int, ...]) -> ModelShape:
             numel_out = later_out  # a pool right after the norm: count the post-pool size
         norm_outputs.append(numel_out)
     max_activation = max(max(e[1], e[2]) for e in events if e[0] == "weight")
-    return ModelShape(weights, inputs, tuple(norm_outputs), max_activation)
+    packed_layers = tuple(p for p, e in zip(packed, events) if e[0] == "weight")
+    return ModelShape(
+        weights, inputs, tuple(norm_outputs), max_activation, packed_layers if any(packed) else ()
+    )
 
 
 def analytical_memory(shape: ModelShape, recipe: str, batch_size: int) -> dict[str, int]:
@@ -163,16 +172,22 @@ def analytical_memory(shape: ModelShape, recipe: str, batch_size: int) -> dict[s
             "norm_saved": 32 * b * sum(shape.norm_outputs),
             "grad_buffers": 2 * 32 * b * shape.max_activation,
         }
-    elif recipe in ("lowcost", "lowcost-po2"):
+    elif recipe in ("lowcost", "lowcost-po2", "lowcost-bop"):
         grad_bits = 5 if recipe == "lowcost-po2" else 16
+        packed = shape.packed if recipe == "lowcost-bop" else ()
+        n_packed = sum(w for w, p in zip(shape.weights, packed) if p)
         bits = {
-            "weights": 49 * n,
+            # 49 = fp16 latent + two fp16 Adam moments + the 1-bit gradient; a packed binary
+            # weight under Bop: 1 bit + one fp16 moment + the 1-bit gradient = 18
+            "weights": 49 * (n - n_packed) + 18 * n_packed,
             "saved_inputs": 16 * b * shape.inputs[0] + b * sum(shape.inputs[1:]),
             "norm_saved": 2 * b * sum(shape.norm_outputs),
             "grad_buffers": 2 * grad_bits * b * shape.max_activation,
         }
     else:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of standard, lowcost, lowcost-po2")
+        raise ValueError(
+            f"unknown recipe {recipe!r}; choose one of standard, lowcost, lowcost-po2, lowcost-bop"
+        )
     out = {name: math.ceil(value / 8) for name, value in bits.items()}
     out["total"] = sum(out.values())
     return out

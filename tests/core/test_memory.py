@@ -145,6 +145,25 @@ class TestAnalytical:
         assert low["weights"] == 98 and low["saved_inputs"] == 41
         assert low["norm_saved"] == 5 and low["grad_buffers"] == 80
 
+    def test_latent_free_weights_by_hand(self):
+        # lowcost-bop: a packed binary weight costs 1 bit + a fp16 Bop moment + the 1-bit
+        # gradient (18 bits); layers that stay latent (here the first) keep lowcost's 49 bits
+        shape = ModelShape((10, 6), (5, 2), (2, 3), 5, packed=(False, True))
+        bop = analytical_memory(shape, "lowcost-bop", 4)
+        assert bop["weights"] == (49 * 10 + 18 * 6 + 7) // 8  # 598 bits -> 75 B
+        low = analytical_memory(shape, "lowcost", 4)
+        assert {k: v for k, v in bop.items() if k not in ("weights", "total")} == {
+            k: v for k, v in low.items() if k not in ("weights", "total")
+        }
+
+    def test_trace_marks_the_packed_layers_of_a_latent_free_model(self):
+        from core import build_model
+
+        model = build_model("mlp", "lowcost-bop", num_classes=10, in_shape=(1, 28, 28))
+        packed = trace_model(model, (1, 28, 28)).packed
+        assert packed == (True,) * 5  # every MLP layer has binary weights
+        assert not any(trace_model(build_model("mlp", "lowcost"), (1, 28, 28)).packed)
+
     def test_bad_input(self):
         with pytest.raises(ValueError, match="unknown recipe 'fp8'"):
             analytical_memory(MLP, "fp8", 100)
