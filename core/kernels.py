@@ -8,7 +8,8 @@ bfloat16 than in float32; CPUs without it (AVX2-only x86, the Cortex-A72/A76 of 
 4/5) emulate bfloat16 and run them 2-10x *slower* than float32 (measured on an AVX2 EPYC:
 MNIST-MLP lowcost step 78 -> 42 ms, CNV 14.5 -> 1.5 s at batch 100, one thread). There the
 products run in float32 kernels on bf16 operand values, each result rounded once to bf16
-(:func:`core.autograd._product`), on slices of the same bytes as the 16-bit ones:
+(:func:`core.autograd._product`), on slices of the same bytes as the 16-bit ones; so do CPUs
+whose native bf16 kernels do not round like that (:func:`bf16_kernels_are_exact`):
 
 - dense layers: the same bits as the bf16 kernel (tests/core/test_kernels.py);
 - convolutions: the exact (float64) result rounded to bf16, which the emulated bf16 convolution
@@ -56,10 +57,38 @@ def dtype_from_env(value: str) -> torch.dtype:
         ) from None
 
 
+def bf16_kernels_are_exact() -> bool:
+    """Whether bf16 matmul and convolution backward here equal float32 ones rounded once.
+
+    Not every native bf16 kernel accumulates in float32: on aarch64 cores with bf16
+    instructions torch's matrix product rounds partial sums for ``K >= 256`` (one bf16 ulp in
+    ~30 % of a 256-wide layer's activation gradients, tests/core/test_cross_platform.py). A
+    small product and a small convolution backward of bf16 values by +-1 settle it (a few ms).
+    """
+    gen = torch.Generator().manual_seed(0)
+    g = (torch.randn(64, 784, generator=gen) * 10).to(torch.bfloat16)
+    s = torch.randint(0, 2, (784, 64), generator=gen).float().mul_(2).sub_(1)
+    if not torch.equal(g @ s.to(torch.bfloat16), (g.float() @ s).to(torch.bfloat16)):
+        return False
+    gy = torch.randn(4, 32, 8, 8, generator=gen).to(torch.bfloat16)
+    x = torch.randint(0, 2, (4, 32, 8, 8), generator=gen).float().mul_(2).sub_(1)
+    w = torch.randint(0, 2, (32, 32, 3, 3), generator=gen).float().mul_(2).sub_(1)
+
+    def backward(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            gy.to(dtype), x.to(dtype), w.to(dtype), None, [1, 1], [1, 1], [1, 1], False,
+            [0, 0], 1, [True, True, False],
+        )  # fmt: skip
+        return gx.to(torch.bfloat16), gw.to(torch.bfloat16)
+
+    return all(map(torch.equal, backward(torch.bfloat16), backward(torch.float32)))
+
+
 @cache
 def binary_product_dtype() -> torch.dtype:
-    """Return bfloat16 where the CPU has it natively (or the env var says so), else float32."""
+    """Return bfloat16 where native bf16 kernels are exact here (or the env says so), else float32."""
     value = os.environ.get(ENV_VAR)
     if value:
         return dtype_from_env(value)
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    native = cpu_has_native_bf16() and bf16_kernels_are_exact()
+    return torch.bfloat16 if native else torch.float32

@@ -84,3 +84,21 @@ def test_conv_float32_kernels_match_the_exact_float64_step(recipe, monkeypatch, 
     for name, want in exact[2].items():  # dY rounds to 16 bits between layers: relative to max
         error = (fast[2][name] - want).abs().max() / want.abs().max()
         assert error <= 2e-3, f"{name}: off by {error:.2e} of its largest value"
+
+
+def test_exact_bf16_kernels_are_recognised_and_inexact_ones_refused(monkeypatch):
+    from core import kernels
+
+    exact = kernels.bf16_kernels_are_exact()
+    assert exact in (True, False)  # this CPU's answer; the product below decides it either way
+    binary_product_dtype.cache_clear()
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(kernels, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(kernels, "bf16_kernels_are_exact", lambda: False)
+    try:
+        assert binary_product_dtype() is torch.float32  # native but rounding partial sums
+        binary_product_dtype.cache_clear()
+        monkeypatch.setattr(kernels, "bf16_kernels_are_exact", lambda: True)
+        assert binary_product_dtype() is torch.bfloat16
+    finally:
+        binary_product_dtype.cache_clear()
