@@ -86,7 +86,7 @@ def bf16_kernels_are_exact() -> bool:
 
 @cache
 def binary_product_dtype() -> torch.dtype:
-    """Return bfloat16 where native bf16 kernels are exact here (or the env says so), else float32."""
+    """Return bfloat16 where native bf16 kernels are exact (or the env says so), else float32."""
     value = os.environ.get(ENV_VAR)
     if value:
         return dtype_from_env(value)
