@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import MIB, REPO_ROOT, RESULTS_DIR, machine_line, read_json, write_bytes
+from benchmarks.report_bop import render_bop
 from benchmarks.report_energy import render_energy
 
 __all__ = ["ORDER", "title_of", "load_results", "render", "write_report", "main"]
@@ -29,6 +30,7 @@ ORDER = {
     "hostile": "6. Hostile clients",
     "hostile-short": "6b. Hostile clients: shortened runs",
     "gpu": "7. GPU figures",
+    "bop": "8. Latent-free training (lowcost-bop): memory, time, accuracy",
     "energy": "9. Energy per training step and per federated round (modelled)",
 }
 RECIPE_NOTE = (
@@ -559,6 +561,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Doc]] = {
     "federation30": _federation,
     "server_cost": _server_cost,
     "gpu": _gpu,
+    "bop": render_bop,
     "hostile": _hostile,
     "hostile-short": _hostile,
     "energy": render_energy,

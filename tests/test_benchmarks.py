@@ -225,3 +225,140 @@ def test_committed_results_render_every_section():
     for name in results:
         assert f"## {title_of(name)}" in text
     assert text.count("*Run:*") == len(results)  # each section names its machine and date
+
+
+def _bop_measured(peak_mib, process_mib, saved_mib, state_mib, categories_mib):
+    return {
+        "peak_step_bytes": peak_mib * MIB,
+        "peak_step_process_bytes": process_mib * MIB,
+        "saved_bytes": saved_mib * MIB,
+        "state": {"total": state_mib * MIB},
+        "peak_categories": {k: v * MIB for k, v in categories_mib.items()},
+        "peak_where": "optimizer step or loss",
+    }
+
+
+def _bop_result():
+    """Two models, three recipes, two epochs: MLP meets its peak target (5× >= 4×), CNV
+    misses its (5× < 8×); lowcost-bop is faster for the MLP, slower for CNV; accuracy met."""
+    peaks = {  # model: {recipe: MiB of (peak, process peak, saved, state)}
+        "mlp": {"standard": (40, 41, 12, 24), "lowcost": (10, 11, 1, 6),
+                "lowcost-bop": (8, 9, 1, 2)},
+        "cnv": {"standard": (160, 170, 96, 32), "lowcost": (40, 42, 6, 8),
+                "lowcost-bop": (32, 33, 6, 4)},
+    }  # fmt: skip
+    memory = [
+        {
+            "model": model,
+            "recipe": recipe,
+            "batch": 100,
+            "measured": _bop_measured(p, q, s, t, {"Parameter": t / 2, "Optstate": t / 2}),
+        }
+        for model, recipes in peaks.items()
+        for recipe, (p, q, s, t) in recipes.items()
+    ]
+    timing = [
+        {
+            "model": "mlp",
+            "batch": 100,
+            "step_seconds": {"lowcost": 0.040, "lowcost-bop": 0.030},
+            "cpu_seconds": {"lowcost": 0.039, "lowcost-bop": 0.029},
+        },
+        {
+            "model": "cnv",
+            "batch": 100,
+            "step_seconds": {"lowcost": 1.5, "lowcost-bop": 1.65},
+            "cpu_seconds": {"lowcost": 1.4, "lowcost-bop": 1.54},
+        },
+    ]
+    accuracy = [
+        {
+            "recipe": recipe,
+            "epochs": 2,
+            "test_accuracy": accs[-1],
+            "history": [{"epoch": i + 1, "test_accuracy": a} for i, a in enumerate(accs)],
+            "seconds": 120.0,
+        }
+        for recipe, accs in (("lowcost", [0.95, 0.97]), ("lowcost-bop", [0.94, 0.965]))
+    ]
+    accuracy[1]["bop"] = {"gamma": 0.001, "threshold": 0.02}
+    return {
+        "name": "bop",
+        "quick": False,
+        "command": "python -m benchmarks.bop",
+        "machine": MACHINE,
+        "seconds": 600.0,
+        "config": {"models": ["mlp", "cnv"], "rounds": 3, "steps": 10, "epochs": 2},
+        "memory": memory,
+        "timing": timing,
+        "accuracy": accuracy,
+    }
+
+
+class TestBopReport:
+    def test_registered_as_section_8_between_gpu_and_energy(self):
+        from benchmarks.bop import TARGETS
+        from benchmarks.report import ORDER, RENDERERS
+        from benchmarks.report_bop import PEAK_TARGETS, render_bop
+
+        names = list(ORDER)
+        assert names.index("gpu") + 1 == names.index("bop") == names.index("energy") - 1
+        assert ORDER["bop"] == "8. Latent-free training (lowcost-bop): memory, time, accuracy"
+        assert RENDERERS["bop"] is render_bop
+        assert PEAK_TARGETS == TARGETS  # the report judges by the benchmark's (issue 16's)
+
+    def test_ratios_and_marks_from_the_numbers(self, tmp_path):
+        write_json(tmp_path / "bop.json", _bop_result())
+        text = render(load_results(tmp_path), tmp_path, tmp_path)
+        section = text.split("## 8. Latent-free training (lowcost-bop): memory, time, accuracy")[1]
+        section = section.split("\n## ")[0]
+        assert "**Cannot render" not in section and "Fake CPU 9000" in section
+        # memory: peak, process peak, saved, state, standard ÷ recipe of the peak
+        assert "| lowcost-bop | 8.00 | 9.00 | 1.00 | 2.00 | 5.00× |" in section
+        assert "| lowcost | 40.00 | 42.00 | 6.00 | 8.00 | 4.00× |" in section
+        assert "| standard | 160.00 | 170.00 | 96.00 | 32.00 | 1.00× |" in section
+        assert "- `lowcost-bop` at the peak: Parameter 1.00, Optstate 1.00 MiB." in section
+        assert "whole-step peak ratio ≥ 4× for the MLP, ≥ 8× for CNV, ≥ 6× for BinaryNet" in section
+        assert "- MLP: measured 5.00× against ≥ 4× — **met**." in section
+        assert "- CNV: measured 5.00× against ≥ 8× — **missed**." in section
+        assert "BinaryNet: not run." in section
+        # time: lowcost-bop ÷ lowcost, MLP faster, CNV slower
+        assert "| MLP | 100 | 0.0400 | 0.0300 | 0.750× |" in section
+        assert "| CNV | 100 | 1.500 | 1.650 | 1.100× | 1.400 | 1.540 | 1.100× |" in section
+        assert (
+            "no slower than lowcost for any model: wall clock **missed** (slower: CNV 1.100×); "
+            "CPU time **missed** (slower: CNV 1.100×)."
+        ) in section
+        # accuracy: last epoch, difference in points, both parts of the target
+        assert "| lowcost | 0.9700 | 2 | 120 |" in section
+        assert "| lowcost-bop | 0.9650 | 2 | 120 |" in section
+        assert "`lowcost-bop` − `lowcost` after epoch 2: -0.50 pp" in section
+        assert "within 1 pp of lowcost and ≥ 95 %: **met**" in section
+        assert "arXiv 1906.02107" in section and "1 bit each" in section
+        assert "float16 moment per weight" in section
+
+    def test_accuracy_below_the_floor_is_missed(self):
+        from benchmarks.report_bop import render_bop
+
+        res = _bop_result()
+        res["accuracy"][1]["history"][-1]["test_accuracy"] = 0.94
+        text = "\n".join(render_bop(res))
+        assert "-3.00 pp" in text and "within 1 pp of lowcost and ≥ 95 %: **missed**" in text
+
+    def test_quick_shape_without_accuracy_renders_what_is_there(self):
+        from benchmarks.report_bop import render_bop
+
+        res = _bop_result()
+        res["quick"] = True
+        res["config"]["models"] = ["mlp"]
+        res["memory"] = [r for r in res["memory"] if r["model"] == "mlp"]
+        res["timing"] = res["timing"][:1]
+        res["accuracy"] = []  # --skip-accuracy
+        text = "\n".join(render_bop(res))
+        assert "- MLP: measured 5.00× against ≥ 4× — **met**." in text
+        assert "CNV, BinaryNet: not run (quick run: the MLP only)." in text
+        assert "wall clock **met** (ratio ≤ 1 for every model)" in text
+        assert "**MNIST MLP accuracy**: not run (`--skip-accuracy`)" in text
+        del res["accuracy"], res["timing"]
+        text = "\n".join(render_bop(res))
+        assert "not measured in this run" in text and "accuracy**: not run" in text
