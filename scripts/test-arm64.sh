@@ -39,7 +39,8 @@ PACKAGES_DEB=(qemu-user-static binfmt-support debootstrap)
 # The subset (emulation is ~50x slower than native): pure math, the 1-bit autograd Functions and
 # layers against their float references, the codec, the optimizer, the models and short training
 # runs, on the MLP only (CNV, BinaryNet and ResNetE-18 parametrizations, lowcost-po2 and the three
-# slowest whole-model tests are deselected by ARM64_DESELECT), and the cross-platform fixture test.
+# slowest whole-model tests are deselected by ARM64_DESELECT), the cross-platform fixture test and
+# the kernel choice (core/kernels.py: float32 kernels on Cortex-A72/A76, which lack bf16).
 ARM64_TESTS=(
     tests/core/test_functional.py
     tests/core/test_autograd.py
@@ -50,6 +51,7 @@ ARM64_TESTS=(
     tests/core/test_train.py
     tests/core/test_uint8_path.py
     tests/core/test_cross_platform.py
+    tests/core/test_kernels.py
 )
 ARM64_DESELECT="not (resnete18 or binarynet or cnv or lowcost-po2 or matches_adam_on_scaled"
 ARM64_DESELECT+=" or measure_recipe_feeds or lowcost_training_on_uint8 or eval_mode_is_deterministic)"
