@@ -18,6 +18,7 @@ from core.experiment import (
     build_model_for,
     build_optimizer_for,
     eval_loader,
+    recipe_of,
     seeded,
     set_threads,
     train_loader,
@@ -29,6 +30,7 @@ __all__ = [
     "load_split",
     "local_data",
     "check_population",
+    "check_recipe",
     "new_model",
     "state_of",
     "load_state",
@@ -77,6 +79,21 @@ def local_data(cfg: ExperimentConfig, node_config: dict) -> LocalData:
     return LocalData(ds, train_idx, val_idx)
 
 
+def check_recipe(cfg: ExperimentConfig) -> None:
+    """Refuse, before round 1, a recipe whose models the 1-bit exchange cannot carry yet.
+
+    ``lowcost-bop`` keeps its binary weights as packed sign bits without latent weights, and the
+    codec (:func:`core.codec.model_spec`) sends changes of latent weights: a federation of it
+    would fail inside the first ClientApp/ServerApp. Train it centrally (``bitfed-train``).
+    """
+    if recipe_of(cfg).packed_weights:
+        raise ValueError(
+            f"recipe.name={cfg.recipe.name} cannot be federated yet (its binary weights are "
+            "packed bits, the 1-bit exchange sends latent-weight changes): use recipe=lowcost, "
+            "or train lowcost-bop centrally with bitfed-train"
+        )
+
+
 def check_population(cfg: ExperimentConfig) -> tuple[int, int]:
     """Partition the training set among ``federation.num_clients`` clients once, before round 1.
 
@@ -88,6 +105,7 @@ def check_population(cfg: ExperimentConfig) -> tuple[int, int]:
     """
     from core.data.partition import partition_table
 
+    check_recipe(cfg)
     labels = load_split(cfg, "train").labels
     p, fed = cfg.partition, cfg.federation
     sizes = partition_table(
