@@ -296,8 +296,10 @@ def _product(a: Tensor, b: Tensor, compute: torch.dtype) -> Tensor:
     if a.dtype == compute:
         return a @ b
     out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype)
-    for s in _slices(a.shape[0], a.shape[1], itemsize=compute.itemsize):
-        out[s] = a[s].to(compute) @ b
+    n = a.shape[0]  # widened rows: at most a quarter of a (the bf16 kernel widens nothing)
+    rows = min(_slices(n, a.shape[1], itemsize=compute.itemsize)[0].stop, max(1, (n + 3) // 4))
+    for i in range(0, n, rows):
+        out[i : i + rows] = a[i : i + rows].to(compute) @ b
     return out
 
 
@@ -353,7 +355,11 @@ def linear_forward(
         for r in _slices(out_f, in_f):
             y[:, r] = xc @ _weight_operand(weight[r], binary_weight, cdt, weight_shape).T
         return y
-    batch = _slices(x.shape[0], in_f, itemsize=cdt.itemsize)  # float32 products: batch slices
+    # float32 products: batch slices no larger than the 16-bit copy above would be (half the
+    # batch at most), so small batches keep the transient of the bf16 path
+    b = x.shape[0]
+    rows = min(_slices(b, in_f, itemsize=cdt.itemsize)[0].stop, max(1, (b + 1) // 2))
+    batch = [slice(i, min(i + rows, b)) for i in range(0, b, rows)]
     for r in _slices(out_f, in_f, itemsize=cdt.itemsize):
         w = _weight_operand(weight[r], binary_weight, cdt, weight_shape)  # (r, in)
         for s in batch:
