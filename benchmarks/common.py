@@ -96,10 +96,15 @@ def utc_now() -> str:
 
 
 def _git_commit() -> str | None:
-    """HEAD of the repository, with ``+dirty`` when the working tree has changes (read-only)."""
+    """HEAD of the repository, ``+dirty`` when tracked files other than results have changes.
+
+    Results (``benchmarks/results``, ``BENCHMARKS.md``) are what a run writes, not what it
+    measures: a benchmark run after another one in the same checkout still names a clean HEAD.
+    """
     try:
         head = _git("rev-parse", "--short", "HEAD")
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        outputs = (":(exclude)benchmarks/results", ":(exclude)BENCHMARKS.md")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs)
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")

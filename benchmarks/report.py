@@ -848,6 +848,10 @@ def render(results: dict[str, dict[str, Any]], results_dir: Path, doc_dir: Path)
     return "\n".join(doc).rstrip() + "\n"
 
 
+def _jobs(jobs: int) -> str:
+    return f", {jobs} at a time," if jobs > 1 else ""
+
+
 def _run_log(results_dir: Path, total: float) -> str:
     """One sentence on how long the last ``run_all`` took (``run_all.json``), else the sum."""
     path = Path(results_dir) / "run_all.json"
@@ -860,7 +864,8 @@ def _run_log(results_dir: Path, total: float) -> str:
     )
     return (
         f" The last `python -m benchmarks.run_all`{' --quick' if log.get('quick') else ''} "
-        f"({log['threads']} torch thread(s)) ran {len(log['benchmarks'])} benchmark(s) in one go "
+        f"({log['threads']} torch thread(s)) ran {len(log['benchmarks'])} benchmark(s) in one go"
+        f"{_jobs(log.get('jobs', 1))} "
         f"in {log['seconds'] / 60:.1f} minutes ({log['started']} – {log['finished']}; minutes "
         f"each: {parts}); all result files together took {total / 60:.0f} minutes."
     )

@@ -1,13 +1,16 @@
 """Run every benchmark, then regenerate ``BENCHMARKS.md`` from their JSON files.
 
-``python -m benchmarks.run_all [--quick] [--threads N] [--only a,b] [--report-only]``
+``python -m benchmarks.run_all [--quick] [--threads N] [--jobs J] [--only a,b] [--report-only]``
 
 Each benchmark runs as ``python -m benchmarks.<name>`` in its own process (a crash or a leak in
 one cannot touch another) and writes ``<out>/<name>.json`` and ``.png``; a benchmark that fails
-records its error in its JSON, the others still run, and the exit status is 1. Budget: about
-30 minutes on a 2-core CPU for the full run, a few minutes with ``--quick``; that figure was
-measured before ``bop`` (issue 16's latent-free recipe: memory and step time of MLP, CNV and
-BinaryNet, ten MNIST MLP epochs under two recipes) joined the default run, which adds its own time.
+records its error in its JSON, the others still run, and the exit status is 1. ``--jobs J`` runs
+up to J benchmarks at once, each with ``--threads`` torch threads, started in the listed order;
+on a 2-core machine ``--threads 1 --jobs 2`` about halves the wall time, and each timed figure
+is then taken beside another busy benchmark: read them as the ratios within one benchmark (its
+variants run in one process, under the same load). Budget on a 2-core CPU, one at a time: about
+2.5 hours for the default set (memory ~1 h, bop ~45 min, server_cost ~30 min), a few minutes
+with ``--quick``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, utc_now, write_json
@@ -55,11 +59,44 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _command(name: str, args: argparse.Namespace) -> list[str]:
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", "--threads", str(args.threads)]
+    cmd += ["--out", str(args.out)] + (["--quick"] if args.quick else [])
+    if name in ("federation", "federation30") and args.mnist_root:
+        cmd += ["--mnist-root", args.mnist_root]
+    if name == "bop" and args.mnist_root:
+        cmd += ["--mnist", args.mnist_root]
+    return cmd
+
+
+def _run_queue(names: list[str], args: argparse.Namespace) -> Iterator[tuple[str, int, float]]:
+    """Run ``names`` in order, up to ``args.jobs`` at once; yield ``(name, exit, seconds)``."""
+    env = {**os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    waiting, running = list(names), {}
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            name = waiting.pop(0)
+            cmd = _command(name, args)
+            print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+            running[name] = (subprocess.Popen(cmd, cwd=REPO_ROOT, env=env), time.perf_counter())
+        time.sleep(0.2)
+        for name, (proc, t0) in list(running.items()):
+            if proc.poll() is not None:
+                seconds = time.perf_counter() - t0
+                print(f"== {name}: exit {proc.returncode} after {seconds:.0f} s", flush=True)
+                del running[name]
+                yield name, proc.returncode, seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks in sequence and write the report; 1 if any failed."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="reduced settings, a few minutes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="benchmarks run at once (default 1; 2 on 2 cores)"
+    )
     parser.add_argument(
         "--only", type=_names, default=list(DEFAULT), help=f"comma-separated, of {BENCHMARKS}"
     )
@@ -73,34 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
 
-    failed = []
+    failed: list[str] = []
     timings: dict[str, dict[str, float | int]] = {}
     if not args.report_only:
         started, t_all = utc_now(), time.perf_counter()
-        env = {**os.environ}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-        for name in [n for n in args.only if n not in args.skip]:
-            cmd = [
-                sys.executable,
-                "-m",
-                f"benchmarks.{name}",
-                "--threads",
-                str(args.threads),
-                "--out",
-                str(args.out),
-            ]
-            if args.quick:
-                cmd.append("--quick")
-            if name in ("federation", "federation30") and args.mnist_root:
-                cmd += ["--mnist-root", args.mnist_root]
-            if name == "bop" and args.mnist_root:
-                cmd += ["--mnist", args.mnist_root]
-            print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
-            t0 = time.perf_counter()
-            status = subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode
-            seconds = time.perf_counter() - t0
-            print(f"== {name}: exit {status} after {seconds:.0f} s", flush=True)
+        names = [n for n in args.only if n not in args.skip]
+        for name, status, seconds in _run_queue(names, args):
             timings[name] = {"seconds": round(seconds, 1), "exit": status}
             if status != 0:
                 failed.append(name)
@@ -112,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(time.perf_counter() - t_all, 1),
                 "quick": bool(args.quick),
                 "threads": args.threads,
-                "benchmarks": timings,
+                "jobs": args.jobs,
+                "benchmarks": {n: timings[n] for n in names},
             },
         )
     path = write_report(args.out, args.report)
