@@ -39,11 +39,13 @@ BENCHMARKS = (
     "gpu",
     "federation30",
     "hostile",
+    "scale",
 )
 #: What runs on request only (``--only``): ``federation30`` (the federation issue's 30 rounds
-#: of full local epochs, four runs, ~6 min) and ``hostile`` (30 rounds x 5 seeds x 6
-#: federations). Their JSON, when present, is reported either way.
-ON_REQUEST = ("federation30", "hostile")
+#: of full local epochs, four runs, ~40 min on 2 cores), ``hostile`` (30 rounds x 5 seeds x 6
+#: federations) and ``scale`` (1,000 to 100,000 clients, ~25 min). Their JSON, when present, is
+#: reported either way.
+ON_REQUEST = ("federation30", "hostile", "scale")
 DEFAULT = tuple(b for b in BENCHMARKS if b not in ON_REQUEST)
 
 
@@ -62,7 +64,7 @@ def _names(text: str) -> list[str]:
 def _command(name: str, args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, "-m", f"benchmarks.{name}", "--threads", str(args.threads)]
     cmd += ["--out", str(args.out)] + (["--quick"] if args.quick else [])
-    if name in ("federation", "federation30") and args.mnist_root:
+    if name in ("federation", "federation30", "scale") and args.mnist_root:
         cmd += ["--mnist-root", args.mnist_root]
     if name == "bop" and args.mnist_root:
         cmd += ["--mnist", args.mnist_root]

@@ -60,7 +60,7 @@ __all__ = ["NAME", "POPULATIONS", "build_parser", "measure", "plot", "main", "tr
 
 NAME = "scale"
 #: population -> (clients sampled per round, rounds)
-POPULATIONS = {1_000: (20, 5), 10_000: (100, 3), 100_000: (100, 3)}
+POPULATIONS = {1_000: (20, 5), 10_000: (100, 3), 100_000: (100, 10)}
 QUICK = {1_000: (20, 2)}
 DEFAULT_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 WORK_DIR = RESULTS_DIR / "tmp" / "scale"  # git-ignored run folders
@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=None, help="rounds for every population")
     parser.add_argument("--max-batches", type=int, default=2, help="local batches per round (2)")
     parser.add_argument("--no-compact", action="store_true", help="float32 replica + residual")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    parser.add_argument("--timeout", type=float, default=2400.0, help="seconds per run")
     parser.add_argument("--name", default=NAME, help=f"result name (default {NAME})")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser
