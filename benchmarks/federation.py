@@ -349,15 +349,19 @@ def _worker(cfg_path: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.federation [--quick] [--mnist-root DIR]``."""
+def main(argv: list[str] | None = None, module: str = NAME) -> int:
+    """``python -m benchmarks.federation [--quick] [--mnist-root DIR]``.
+
+    ``module``: the benchmark module the user ran (``federation30`` passes its own), for the
+    command line recorded in the result whatever ``--name`` says.
+    """
     args = build_parser().parse_args(argv)
     if args.worker:
         return _worker(args.worker)
     for name in ("rounds", "clients"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             build_parser().error(f"--{name} must be >= 1")
-    return run_benchmark(args.name, measure, plot, args)
+    return run_benchmark(args.name, measure, plot, args, module=module)
 
 
 if __name__ == "__main__":

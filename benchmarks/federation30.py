@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run :func:`benchmarks.federation.main` with the issue's setting."""
     extra = list(sys.argv[1:] if argv is None else argv)
     setting = ["--name", NAME] if "--quick" in extra else SETTING  # quick: federation's own
-    return federation.main([*setting, "--variants", "aligned,fedavg", *extra])
+    return federation.main([*setting, "--variants", "aligned,fedavg", *extra], module=NAME)
 
 
 if __name__ == "__main__":

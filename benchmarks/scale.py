@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker:
         return _worker(args.worker)
-    return run_benchmark(args.name, measure, plot, args)
+    return run_benchmark(args.name, measure, plot, args, module=NAME)
 
 
 if __name__ == "__main__":

@@ -198,7 +198,16 @@ def test_federation30_is_federation_with_its_own_name(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     res = json.loads((tmp_path / "federation30.json").read_text())
     assert res["name"] == "federation30" and "MNIST not found" in res["skipped"]
+    assert res["command"].startswith("python -m benchmarks.federation30 --mnist-root")
     assert not (tmp_path / "federation.json").exists()
+
+
+def test_a_renamed_result_records_the_module_that_ran(tmp_path):
+    args = ["--name", "fed-x", "--mnist-root", str(tmp_path / "no")]
+    done = _run(["benchmarks.federation", *args], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads((tmp_path / "fed-x.json").read_text())
+    assert res["command"].startswith("python -m benchmarks.federation --name fed-x ")
 
 
 def test_run_all_logs_its_timings_and_the_report_states_them(tmp_path):
