@@ -840,7 +840,7 @@ def _choosing(results: dict[str, dict[str, Any]]) -> Doc:
             fed_txt = (
                 f" In section {ORDER[fed_name].split('.')[0]} bitfed's federations sent "
                 f"{_range(fewer)} fewer bytes in "
-                f"total and ended {min(gaps):+.1f} to {max(gaps):+.1f} accuracy points "
+                f"total and ended {min(gaps):+.2f} to {max(gaps):+.2f} accuracy points "
                 f"from float32 FedAvg after {fed['config']['rounds']} rounds."
             )
     return [
