@@ -363,7 +363,7 @@ def _federation_compact(res: dict[str, Any]) -> Doc:
 def _scale(res: dict[str, Any]) -> Doc:
     cfg = res["config"]
     doc = [
-        "`bitfed-sim` on MNIST (MLP, recipe `lowcost`, rule `mean`, "
+        f"`bitfed-sim` on MNIST (MLP, recipe `{cfg['recipe']}`, rule `{cfg['strategy']}`, "
         f"{cfg['max_batches']} local batches of {cfg['batch_size']} per round, one torch thread "
         "per client), one population per fresh process, client state "
         + ("compact (version + float16 residual)" if cfg["compact_state"] else "float32")
@@ -419,7 +419,7 @@ def _scale(res: dict[str, Any]) -> Doc:
             f"Issue 17's disk target, at most 1 MB per client that took part (MLP): largest "
             f"{worst:,.0f} B, {verdict}. A sampled client without examples answers `empty` "
             "(counted, not a failure); the accuracy is the machinery's, not a training result "
-            "(two local batches per round).",
+            f"({cfg['max_batches']} local batches per round).",
             "",
         ]
     return doc

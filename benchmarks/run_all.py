@@ -43,7 +43,7 @@ BENCHMARKS = (
 )
 #: What runs on request only (``--only``): ``federation30`` (the federation issue's 30 rounds
 #: of full local epochs, four runs, ~40 min on 2 cores), ``hostile`` (30 rounds x 5 seeds x 6
-#: federations) and ``scale`` (1,000 to 100,000 clients, ~25 min). Their JSON, when present, is
+#: federations) and ``scale`` (1,000 to 100,000 clients, ~5 min). Their JSON, when present, is
 #: reported either way.
 ON_REQUEST = ("federation30", "hostile", "scale")
 DEFAULT = tuple(b for b in BENCHMARKS if b not in ON_REQUEST)

@@ -461,7 +461,13 @@ def test_scale_section_table_and_disk_verdict(tmp_path, largest, verdict):
         "command": "python -m benchmarks.scale",
         "machine": MACHINE,
         "seconds": 100.0,
-        "config": {"max_batches": 2, "batch_size": 100, "compact_state": True},
+        "config": {
+            "max_batches": 2,
+            "batch_size": 100,
+            "compact_state": True,
+            "recipe": "lowcost",
+            "strategy": "mean",
+        },
         "runs": [_scale_run(1_000, 20, 400_000), _scale_run(100_000, 100, largest)],
     }
     write_json(tmp_path / "scale.json", res)
