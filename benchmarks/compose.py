@@ -2,15 +2,19 @@
 
 Used by ``tests/test_compose_e2e.py`` (marker ``docker``) and as a benchmark::
 
-    python -m benchmarks.compose [--rounds 3] [--label after] \
-        [--out benchmarks/results/compose_footprint.json]
+    python -m benchmarks.compose [--rounds 3] [--label one-container] [--image TAG]
 
-which starts ``compose.yaml`` (one SuperLink, the ServerApp executor, three devices: each a
-SuperNode container plus a ClientApp-executor container), runs the MLP on digits, and writes
-every container's cgroup memory peak (``memory.max_usage_in_bytes`` on cgroup v1,
-``memory.peak`` on v2: resident memory plus the page cache the container touched), the peak RSS
-of each process kind inside it (sampled from ``/proc/<pid>/status`` VmHWM), and the per-device
-sums (SuperNode + ClientApp executor) into the JSON file under ``--label``.
+which starts ``compose.yaml`` (one SuperLink, the ServerApp executor, three devices: each one
+container running a SuperNode with ``--isolation subprocess``, which starts its ClientApp
+executor and each round's ClientApp process inside the device's cgroup), runs the MLP on digits,
+and writes every container's cgroup memory peak (``memory.max_usage_in_bytes`` on cgroup v1,
+``memory.peak`` on v2: resident memory plus the page cache the container touched), its peak of
+anonymous memory, the peak RSS of each process kind inside it (sampled from
+``/proc/<pid>/status`` VmHWM), and the per-device totals into
+``benchmarks/results/compose.json`` (the previous result moves into its ``history``, so
+BENCHMARKS.md shows before and after). It also measures each device
+process kind's *import floor*: what a fresh process in the image holds after importing only
+what that kind imports.
 
 Everything runs on the compose network and 127.0.0.1; the image is built offline by
 ``scripts/offline-image.sh`` (cached by a hash of the sources).
@@ -505,13 +509,11 @@ def container_memory(federation: Federation, services: Sequence[str]) -> dict[st
 
 
 def device_footprint(containers: dict[str, Any]) -> dict[str, dict[str, int | None]]:
-    """Per device K: SuperNode + ClientApp-executor cgroup peaks and their sum."""
+    """Per device K: the cgroup peak of its container ``supernode-K`` (every process of it)."""
     devices = {}
     for k in range(1, NUM_DEVICES + 1):
-        node = containers.get(f"supernode-{k}", {}).get("peak")
-        app = containers.get(f"superexec-clientapp-{k}", {}).get("peak")
-        total = None if node is None else node + (app or 0)  # no executor: one container
-        devices[f"device-{k}"] = {"supernode": node, "clientapp_executor": app, "total": total}
+        node = containers.get(f"supernode-{k}", {})
+        devices[f"device-{k}"] = {"total": node.get("peak"), "anon": node.get("anon_peak")}
     return devices
 
 
@@ -559,38 +561,24 @@ def measure(
     env: dict[str, str] | None = None,
     extra_files: Sequence[Path] = (),
     isolate_device: int | None = 1,
-    one_container_devices: bool = False,
 ) -> dict[str, Any]:
     """One plain federation (compose.yaml): run ``rounds`` rounds, return the footprint record.
 
-    ``isolate_device=K`` runs device K (its SuperNode and ClientApp executor) from
-    :func:`isolated_copy`, so its cgroup peaks are those of a device on its own.
-    ``one_container_devices`` runs each SuperNode with ``--isolation subprocess`` (it starts
-    its ClientApps itself) and no ClientApp-executor container: one container per device.
+    ``isolate_device=K`` runs device K from :func:`isolated_copy`, so its cgroup peak is that
+    of a device on its own (no page cache shared with the other devices).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     files = [BASE, *map(str, extra_files)]
     overrides: dict[str, dict[str, Any]] = {}
-    up_args: list[str] = []
     if isolate_device:
-        copy = isolated_copy(image)
-        for name in ("supernode", "superexec-clientapp"):
-            overrides.setdefault(f"{name}-{isolate_device}", {})["image"] = copy
-    if one_container_devices:
-        config = Federation(files, image, workdir, root=root, env=env or {}).config()
-        for k in range(1, NUM_DEVICES + 1):
-            command = config["services"][f"supernode-{k}"]["command"]
-            at = command.index("--isolation") + 1
-            command = [*command[:at], "subprocess", *command[at + 1 :]]
-            overrides.setdefault(f"supernode-{k}", {})["command"] = command
-            up_args += ["--scale", f"superexec-clientapp-{k}=0"]
+        overrides[f"supernode-{isolate_device}"] = {"image": isolated_copy(image)}
     if overrides:
         override = workdir / "measure-override.yaml"
         override.write_text(json.dumps({"services": overrides}))  # JSON is YAML
         files.append(str(override))
     fed = Federation(files, image, workdir, root=root, env=env or {})
     try:
-        fed.up(*up_args)
+        fed.up()
         services = fed.services()
         with PeakSampler(fed, services) as sampler:
             run = fed.submit(federation_overrides(rounds), timeout=2400)
@@ -607,7 +595,7 @@ def measure(
         "image": image,
         "image_bytes": _image_size(image),
         "isolated_device": f"device-{isolate_device}" if isolate_device else None,
-        "one_container_devices": one_container_devices,
+        "topology": "one container per device (SuperNode --isolation subprocess)",
         "rounds": {str(k): {"accuracy": a, "skipped": s} for k, (a, s) in run.rounds().items()},
         "run_seconds": round(run.seconds, 1),
         "containers": containers,
@@ -623,10 +611,40 @@ def _image_size(image: str) -> int | None:
     return int(proc.stdout) if proc.returncode == 0 and proc.stdout.strip().isdigit() else None
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+#: What each process of a device imports before it does any work: Flower's SuperNode, the
+#: ClientApp executor it starts (``flower-superexec``), and a ClientApp process (Flower's
+#: ``flwr-clientapp`` entry point, torch, bitfed's ClientApp module).
+IMPORT_FLOORS = {
+    "flower-supernode": "flwr.supernode.cli",
+    "flower-superexec": "flwr.supercore.cli",
+    "flwr-clientapp": "flwr.supernode.cli torch client.client_app",
+}
+_FLOOR_PROBE = (
+    "import importlib, sys\n"
+    "for m in sys.argv[1:]: importlib.import_module(m)\n"
+    "s = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+    "print(int(s['VmHWM'].split()[0]) * 1024, int(s['RssAnon'].split()[0]) * 1024)\n"
+)
+
+
+def import_floors(image: str) -> dict[str, dict[str, int]]:
+    """Per process kind: peak RSS and anonymous bytes of a fresh process in ``image`` that
+    only imports what that kind imports (:data:`IMPORT_FLOORS`): memory no bitfed code uses."""
+    floors = {}
+    for kind, modules in IMPORT_FLOORS.items():
+        out = _docker("run", "--rm", "--entrypoint", "python", image, "-c", _FLOOR_PROBE,
+                      *modules.split())  # fmt: skip
+        peak, anon = (int(v) for v in out.split())
+        floors[kind] = {"peak_rss": peak, "anon": anon}
+    return floors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from benchmarks.common import benchmark_parser
+
+    parser = benchmark_parser("compose", __doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--label", default="current")
+    parser.add_argument("--label", default="current", help="name of this run in the history")
     parser.add_argument("--image", help="use this image tag instead of building one")
     parser.add_argument("--root", type=Path, default=ROOT, help="repository with compose.yaml")
     parser.add_argument("--note", default="", help="what differs in this measurement")
@@ -639,22 +657,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--isolate-device", type=int, default=1, help="device run from its own image copy (0: none)"
     )
-    parser.add_argument(
-        "--one-container-devices",
-        action="store_true",
-        help="SuperNodes with --isolation subprocess, no ClientApp-executor containers",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "compose_footprint.json"
-    )
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: compose down
+    return parser
+
+
+def _history(out: Path) -> dict[str, Any]:
+    """Earlier runs (the previous result's history and its own run), to show before/after."""
+    from benchmarks.common import read_json
+
+    path = out / "compose.json"
+    if not path.is_file():
+        return {}
+    old = read_json(path)
+    history = dict(old.get("history", {}))
+    if "devices" in old and "label" in old:
+        keep = ("label", "note", "image_bytes", "devices", "topology", "machine", "run_seconds")
+        history[old["label"]] = {k: old[k] for k in keep if k in old}
+    return history
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The measurement behind ``python -m benchmarks.compose`` (see the module docstring)."""
+    from benchmarks.common import SkipBenchmark
+
     problem = engine_problem()
     if problem:
-        sys.exit(f"benchmarks.compose: {problem}")
+        raise SkipBenchmark(problem)
     image = args.image or build_image(args.root)
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bitfed-compose-{secrets.token_hex(4)}"
     env = dict(kv.split("=", 1) for kv in args.env)
+    history = _history(Path(args.out))
     record = measure(
         image,
         args.rounds,
@@ -663,22 +694,44 @@ def main(argv: Sequence[str] | None = None) -> None:
         env=env,
         extra_files=[f.resolve() for f in args.extra_file],
         isolate_device=args.isolate_device or None,
-        one_container_devices=args.one_container_devices,
     )
-    record |= {
+    for name, dev in record["devices"].items():
+        print(f"{name}: {_mib(dev['total'])} MiB peak ({_mib(dev['anon'])} MiB anonymous)")
+    return record | {
+        "label": args.label,
         "note": args.note,
         "env": env,
         "extra_files": [f.name for f in args.extra_file],
-        "date": time.strftime("%Y-%m-%d"),
-        "host": f"{os.cpu_count()} cores, torch threads 1 per ClientApp",
+        "import_floors": import_floors(image),
+        "history": {k: v for k, v in history.items() if k != args.label},
     }
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results[args.label] = record
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    for name, dev in record["devices"].items():
-        print(f"{name}: {_mib(dev['supernode'])} + {_mib(dev['clientapp_executor'])} MiB")
-    print(f"benchmarks.compose: wrote {args.label} into {args.out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.common import run_benchmark
+
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: compose down
+    return run_benchmark("compose", run, _plot, args)
+
+
+def _plot(res: dict[str, Any], png: Path) -> None:
+    """Each device's cgroup peak, split into anonymous memory and page cache, vs the cap."""
+    import matplotlib.pyplot as plt
+
+    from benchmarks.common import save_figure
+
+    names = sorted(res["devices"])
+    total = [res["devices"][n]["total"] / 2**20 for n in names]
+    anon = [(res["devices"][n]["anon"] or 0) / 2**20 for n in names]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, anon, label="anonymous")
+    ax.bar(names, [t - a for t, a in zip(total, anon)], bottom=anon, label="page cache")
+    ax.axhline(400, color="k", ls="--", lw=1, label="400 MiB target")
+    ax.set_ylabel("cgroup peak (MiB)")
+    ax.set_title("compose device footprint (MLP on digits)")
+    ax.legend(loc="lower right")
+    save_figure(fig, png, res["machine"])
 
 
 def _mib(value: int | None) -> str:
@@ -686,4 +739,4 @@ def _mib(value: int | None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

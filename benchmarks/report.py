@@ -15,6 +15,7 @@ from typing import Any
 
 from benchmarks.common import MIB, REPO_ROOT, RESULTS_DIR, machine_line, read_json, write_bytes
 from benchmarks.report_bop import render_bop
+from benchmarks.report_compose import render_compose
 from benchmarks.report_energy import render_energy
 
 __all__ = ["ORDER", "title_of", "load_results", "render", "write_report", "main"]
@@ -34,6 +35,7 @@ ORDER = {
     "bop": "8. Latent-free training (lowcost-bop): memory, time, accuracy",
     "energy": "9. Energy per training step and per federated round (modelled)",
     "scale": "10. Simulation at scale: 1,000 to 100,000 clients",
+    "compose": "11. Compose federation: device footprint and image",
 }
 RECIPE_NOTE = (
     "`standard` is stock PyTorch BNN training (float32 latent weights, float32 autograd saving "
@@ -644,6 +646,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Doc]] = {
     "hostile": _hostile,
     "hostile-short": _hostile,
     "energy": render_energy,
+    "compose": render_compose,
 }
 
 

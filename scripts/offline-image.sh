@@ -17,6 +17,8 @@
 # The last line printed is the source tag (tests/test_compose_e2e.py reads it).
 #
 # Environment: BITFED_EXTRAS (extras installed in the image, default "data"),
+# BITFED_BUILD_CPU_SHARES (CPU weight of the build's containers, e.g. 2 to yield to other work;
+# default: Docker's 1024),
 # BITFED_DEBIAN_MIRROR (default: the first Debian URI in /etc/apt/sources*),
 # BITFED_WHEEL_PORT (default 38017), BITFED_PYTHON (host Python 3.11 with pip; default .venv).
 set -euo pipefail
@@ -148,7 +150,9 @@ serve_wheelhouse
 say "docker build $TAG"
 started=$(date +%s)
 LOG="build/offline-image.log"
-docker build --network host \
+SHARES=()
+[ -z "${BITFED_BUILD_CPU_SHARES:-}" ] || SHARES=(--cpu-shares "$BITFED_BUILD_CPU_SHARES")
+docker build --network host "${SHARES[@]}" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" \
     --build-arg PIP_NO_INDEX=1 \
     --build-arg PIP_FIND_LINKS="http://127.0.0.1:$PORT/" \

@@ -92,7 +92,7 @@ def _node_spec(k: int, tls: bool) -> SuperNodeSpec:
         insecure=not tls,
         host="0.0.0.0",
         port=9094,
-        isolation="process",
+        isolation="subprocess",  # a device is one container: the SuperNode starts its ClientApps
         state_dir=DEVICE_STATE,
     )
 
@@ -104,7 +104,6 @@ def test_compose_files_validate(compose_bin: str, files: tuple[str, ...]) -> Non
     services = _config(compose_bin, *files)["services"]
     expected = {"superlink", "superexec-serverapp"}
     expected |= {f"supernode-{k}" for k in range(1, NUM_CLIENTS + 1)}
-    expected |= {f"superexec-clientapp-{k}" for k in range(1, NUM_CLIENTS + 1)}
     if TLS in files:
         expected.add("register")
     assert set(services) == expected
@@ -125,8 +124,6 @@ def test_compose_runs_the_commands_the_builders_make(compose_bin: str, tls: bool
     for k in range(1, NUM_CLIENTS + 1):
         node = services[f"supernode-{k}"]
         assert _cmd(node) == ["flower-supernode", *supernode_argv(_node_spec(k, tls))]
-        app = services[f"superexec-clientapp-{k}"]
-        assert _cmd(app) == ["flower-superexec", *superexec_argv(f"supernode-{k}:9094")]
         if tls:
             assert node["depends_on"]["register"]["condition"] == "service_completed_successfully"
     if tls:  # the one-shot registration is a real bitfed-server command line
@@ -149,7 +146,7 @@ def _flags(argv: list[str]) -> set[str]:
 
 def test_compose_tls_uses_the_flags_of_the_process_deployment(compose_bin: str) -> None:
     """Compose differs from the process-level test (tests/server/test_deploy.py) only in values
-    and in where the executors run (--isolation process), never in a security flag."""
+    and in where the ServerApp executor runs (--isolation process), never in a security flag."""
     services = _config(compose_bin, BASE, TLS)["services"]
     process_link = SuperLinkSpec(
         host="127.0.0.1", port=1, database="/x/state.db", tls=TlsFiles.in_dir("/x")
@@ -170,8 +167,7 @@ def test_compose_tls_uses_the_flags_of_the_process_deployment(compose_bin: str) 
 def test_repeated_blocks_come_from_anchors() -> None:
     text = (ROOT / BASE).read_text()
     assert text.count("image:") == 1 and text.count("build:") == 1
-    assert len(re.findall(r"<<: \*supernode", text)) == NUM_CLIENTS
-    assert len(re.findall(r"<<: \*clientapp", text)) == NUM_CLIENTS
+    assert len(re.findall(r"<<: \*device", text)) == NUM_CLIENTS
     # --insecure lives only in the local-development base file, and it says so
     assert "--insecure" not in (ROOT / TLS).read_text().split("services:", 1)[1]
     assert "LOCAL DEVELOPMENT ONLY" in text
@@ -197,11 +193,12 @@ def test_each_device_is_capped_and_keeps_its_state_on_its_own_volume(compose_bin
     services = _config(compose_bin, BASE, TLS, STATE)["services"]
     mounts = {}
     for k in range(1, NUM_CLIENTS + 1):
-        node, app = services[f"supernode-{k}"], services[f"superexec-clientapp-{k}"]
-        # a device class: SuperNode + ClientApp executor (and its ClientApps) within 512 MiB
-        assert _limit_bytes(node) + _limit_bytes(app) <= 512 * 2**20
+        node = services[f"supernode-{k}"]
+        # a device class: SuperNode, its ClientApp executor and ClientApps in one 512 MiB cgroup
+        assert _limit_bytes(node) == 512 * 2**20
+        assert node["command"][node["command"].index("--isolation") + 1] == "subprocess"
         assert f'state-dir="{DEVICE_STATE}"' in " ".join(node["command"])
-        (volume,) = [v for v in app["volumes"] if v.endswith(f":{DEVICE_STATE}:rw")]
+        (volume,) = [v for v in node["volumes"] if v.endswith(f":{DEVICE_STATE}:rw")]
         mounts[k] = volume.split(":")[0]
     assert len(set(mounts.values())) == NUM_CLIENTS  # one volume per device, none shared
     assert "bitfed-state:/app/state:rw" in services["superexec-serverapp"]["volumes"]
