@@ -9,6 +9,8 @@ client) once per variant and partition, each in a fresh subprocess:
 * ``lowcost + majority``: the same with the signSGD majority vote;
 * ``float32 fedavg``: stock float32 BNN training (recipe ``standard``) and Flower's float32
   FedAvg (the baseline a user would otherwise deploy);
+* ``lowcost-bop + mean`` (on request, ``--variants bop``): the latent-free recipe, whose
+  replies carry its binary weights' bits (docs/method.md §2h), with the rule ``mean``;
 
 on an IID split and on a Dirichlet(0.5) label-skewed split of the real MNIST training set,
 evaluating the global model on the MNIST test set after every round. Bytes are what bitfed's
@@ -46,6 +48,7 @@ __all__ = [
     "NAME",
     "VARIANTS",
     "VARIANT_KEYS",
+    "DEFAULT_VARIANTS",
     "PARTITIONS",
     "build_parser",
     "measure",
@@ -60,9 +63,18 @@ VARIANTS = {
     "lowcost + mean": ("lowcost", "mean"),
     "lowcost + majority": ("lowcost", "majority"),
     "float32 fedavg": ("standard", "fedavg"),
+    "lowcost-bop + mean": ("lowcost-bop", "mean"),
 }
-#: --variants keys (the strategy names) -> labels
-VARIANT_KEYS = {rule: label for label, (_, rule) in VARIANTS.items()}
+#: --variants keys -> labels (a key also names the variant's run folder)
+VARIANT_KEYS = {
+    "aligned": "lowcost + aligned",
+    "mean": "lowcost + mean",
+    "majority": "lowcost + majority",
+    "fedavg": "float32 fedavg",
+    "bop": "lowcost-bop + mean",
+}
+#: what runs without --variants
+DEFAULT_VARIANTS = ["aligned", "mean", "majority", "fedavg"]
 #: label -> (partition kind, Dirichlet alpha)
 PARTITIONS = {"IID": ("iid", 0.5), "Dirichlet(0.5)": ("dirichlet", 0.5)}
 DEFAULT_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -109,7 +121,8 @@ def run_one(args: argparse.Namespace, variant: str, partition: str) -> dict[str,
     """Run one federation in a fresh process; return its per-round table and totals."""
     from core.config import to_run_config
 
-    slug = f"{PARTITIONS[partition][0]}-{VARIANTS[variant][1]}"
+    key = next(k for k, label in VARIANT_KEYS.items() if label == variant)
+    slug = f"{PARTITIONS[partition][0]}-{key}"
     run_dir = WORK_DIR / args.name / slug
     shutil.rmtree(run_dir, ignore_errors=True)  # our own scratch folder, from a previous run
     run_dir.mkdir(parents=True)
@@ -296,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--variants",
         type=_variant_keys,
-        default=list(VARIANT_KEYS),
-        help=f"comma-separated, of {', '.join(VARIANT_KEYS)} (default all)",
+        default=list(DEFAULT_VARIANTS),
+        help=f"comma-separated, of {', '.join(VARIANT_KEYS)} (default "
+        f"{','.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument(
         "--per-round", type=int, default=None, help="clients sampled per round (default all)"

@@ -68,9 +68,9 @@ def train(msg: Message, context: Context) -> Message:
         return Message(RecordDict({METRICS: MetricRecord(need)}), reply_to=msg)
 
     federated.load_state(model, start.weights, spec)  # core
-    result = federated.fit_local(
-        model, data, cfg, int(msg.content[codec.CONFIG][codec.SERVER_ROUND])
-    )
+    moments = start.state.moments if start.state is not None else None  # lowcost-bop's Bop
+    server_round = int(msg.content[codec.CONFIG][codec.SERVER_ROUND])
+    result = federated.fit_local(model, data, cfg, server_round, moments)
 
     metrics = {  # encode
         codec.NUM_EXAMPLES: int(result.num_examples),

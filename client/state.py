@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,21 +67,20 @@ def _apply_chain(state, lineage, version, base, arrays, spec, seed) -> ClientSta
     """Replica at ``base`` (held, or built from the seed when ``base == 0``) + the chain."""
     from core.codec import decode_chain, state_digest
 
-    residual = state.residual if state is not None and state.lineage == lineage else None
+    same = state is not None and state.lineage == lineage
+    residual = state.residual if same else None
+    moments = state.moments if same else {}
     if state is None or state.lineage != lineage or state.version != base:
         if base != 0 or seed is None or seed.server_digest is None:
             return None
         if state_digest(seed.state, spec) != seed.server_digest:
             log.warning("this device's version-0 model differs from the server's; asking for it")
             return None
-        state = ClientState(lineage, 0, dict(seed.state), residual)  # origin -1: the seed
+        state = ClientState(lineage, 0, dict(seed.state), residual, moments=moments)  # the seed
     if any(t.name not in state.replica for t in spec.tensors):
         return None
     for update in decode_chain(arrays, spec, version - base):
-        for name, step in update.dense(spec).items():
-            state.replica[name] = state.replica[name] + step
-        for t in spec.real:
-            state.replica[t.name] = update.real[t.name].astype(np.float32)
+        update.apply(state.replica, spec)
     state.version = version
     return state
 
@@ -109,7 +108,9 @@ class ClientState:
 
     ``replica`` holds float32 tensors by name (weights and real state; empty when loaded from a
     compact file until :mod:`core.replica_store` rebuilds it), ``residual`` the float32
-    error-feedback residual of each weight tensor (``None``: none yet), ``origin`` the version
+    error-feedback residual of each weight tensor (``None``: none yet), ``moments`` the float16
+    Bop moments a ``lowcost-bop`` client carries from round to round (``core.federated.fit_local``;
+    empty otherwise), ``origin`` the version
     whose full model the replica started from (-1: built from the seed, version 0).
     """
 
@@ -118,6 +119,7 @@ class ClientState:
     replica: dict[str, np.ndarray]
     residual: dict[str, np.ndarray] | None = None
     origin: int = -1
+    moments: dict[str, np.ndarray] = field(default_factory=dict)
 
     def save(self, path: Path, *, compact: bool = False) -> None:
         """Persist atomically (temp file + fsync + rename).
@@ -126,6 +128,7 @@ class ClientState:
         per tensor (see the module docstring).
         """
         meta = {"lineage": self.lineage, "version": self.version, "origin": self.origin}
+        moments = {f"moment/{k}": v.astype(np.float16) for k, v in self.moments.items()}
         if compact:
             meta["compact"] = True
             arrays = {}
@@ -138,6 +141,7 @@ class ClientState:
             arrays = {f"replica/{k}": v.astype(np.float32) for k, v in self.replica.items()}
             for k, v in (self.residual or {}).items():
                 arrays[f"residual/{k}"] = v.astype(np.float32)
+        arrays |= moments
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
@@ -153,7 +157,7 @@ class ClientState:
                 if meta["lineage"] != lineage:
                     log.info("client state %s belongs to another run; starting afresh", path)
                     return None
-                replica, residual, scales = {}, {}, {}
+                replica, residual, scales, moments = {}, {}, {}, {}
                 for key in data.files:
                     kind, _, name = key.partition("/")
                     if kind == "replica":
@@ -164,10 +168,12 @@ class ClientState:
                         residual[name] = data[key]
                     elif kind == "residual-scale":
                         scales[name] = data[key]
+                    elif kind == "moment":
+                        moments[name] = data[key]
                 if meta.get("compact"):
                     residual = _expand_residual(residual, scales)
                 version, origin = int(meta["version"]), int(meta.get("origin", -1))
-                return cls(meta["lineage"], version, replica, residual or None, origin)
+                return cls(meta["lineage"], version, replica, residual or None, origin, moments)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
             log.warning("client state %s unreadable (%s); starting afresh", path, exc)
             return None
@@ -213,8 +219,9 @@ def sync_replica(
         return _apply_chain(state, lineage, version, base_version, arrays or {}, spec, seed)
     if payload == FULL:
         replica = decode_full(arrays or {}, spec)
-        residual = state.residual if state is not None and state.lineage == lineage else None
-        return ClientState(lineage, version, replica, residual, origin=version)
+        same = state is not None and state.lineage == lineage
+        residual, moments = (state.residual, state.moments) if same else (None, {})
+        return ClientState(lineage, version, replica, residual, origin=version, moments=moments)
     if state is None or state.lineage != lineage:
         return None
     if state.version == version:
@@ -223,11 +230,7 @@ def sync_replica(
         missing = [t.name for t in spec.tensors if t.name not in state.replica]
         if missing:
             return None
-        update = decode_update(arrays or {}, spec)
-        for name, step in update.dense(spec).items():
-            state.replica[name] = state.replica[name] + step
-        for t in spec.real:
-            state.replica[t.name] = update.real[t.name].astype(np.float32)
+        decode_update(arrays or {}, spec).apply(state.replica, spec)
         state.version = version
         return state
     if payload not in (FULL, DELTA, CURRENT):

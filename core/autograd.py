@@ -286,6 +286,15 @@ def _operand_dtype(kind: str, binary_weight: bool) -> torch.dtype:
     return torch.bfloat16 if _sign_by_sign(kind, binary_weight) else torch.float32
 
 
+def _widened_rows(n: int, per_row: int, dtype: torch.dtype, *, parts: int) -> int:
+    """Rows per slice of an ``n x per_row`` operand widened to ``dtype`` (float32 kernels).
+
+    The slice holds no more bytes than :func:`_slices` plans for it, and at most ``1 / parts``
+    of the rows, so a small operand's widened copy stays below the 16-bit path's transient.
+    """
+    return min(_slices(n, per_row, itemsize=dtype.itemsize)[0].stop, max(1, -(-n // parts)))
+
+
 def _product(a: Tensor, b: Tensor, compute: torch.dtype) -> Tensor:
     """Return ``a @ b`` in ``a``'s dtype, computed by a ``compute`` kernel.
 
@@ -297,7 +306,7 @@ def _product(a: Tensor, b: Tensor, compute: torch.dtype) -> Tensor:
         return a @ b
     out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype)
     n = a.shape[0]  # widened rows: at most a quarter of a (the bf16 kernel widens nothing)
-    rows = min(_slices(n, a.shape[1], itemsize=compute.itemsize)[0].stop, max(1, (n + 3) // 4))
+    rows = _widened_rows(n, a.shape[1], compute, parts=4)
     for i in range(0, n, rows):
         out[i : i + rows] = a[i : i + rows].to(compute) @ b
     return out
@@ -358,7 +367,7 @@ def linear_forward(
     # float32 products: batch slices no larger than the 16-bit copy above would be (half the
     # batch at most), so small batches keep the transient of the bf16 path
     b = x.shape[0]
-    rows = min(_slices(b, in_f, itemsize=cdt.itemsize)[0].stop, max(1, (b + 1) // 2))
+    rows = _widened_rows(b, in_f, cdt, parts=2)
     batch = [slice(i, min(i + rows, b)) for i in range(0, b, rows)]
     for r in _slices(out_f, in_f, itemsize=cdt.itemsize):
         w = _weight_operand(weight[r], binary_weight, cdt, weight_shape)  # (r, in)

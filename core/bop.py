@@ -33,7 +33,7 @@ Everything else (BN ``beta``, biases, full-precision layers' fp16 weights) is st
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,6 +190,41 @@ class LowCostBop(LowCostAdam):
             del m32
             flips += popcount(bop_flip_(bits[r], m, tau))
         state["flips"] = flips
+
+    def moments(self, layers: Mapping[str, PackedGradLayer]) -> dict[str, Tensor]:
+        """Each layer's Bop moment ``m`` (float16 ``(C_out, fan_in)``, a copy) by its name.
+
+        ``layers`` maps names to packed layers (:func:`core.models.packed_weights_by_name`); a
+        layer not stepped yet has no moment and is left out. A federated client keeps these
+        between rounds (docs/method.md §2h): its Bop flips after ``~tau / gamma`` agreeing
+        steps, more than one short round may hold.
+        """
+        out = {}
+        for name, layer in layers.items():
+            state = self.state.get(layer.weight_bits)
+            if state and "moment" in state:
+                out[name] = state["moment"].clone()
+        return out
+
+    def load_moments_(self, layers: Mapping[str, PackedGradLayer], moments: Mapping) -> int:
+        """Start each named layer's Bop moment from ``moments`` (as :meth:`moments` gives them).
+
+        A moment of the wrong shape or with a non-finite value is skipped (that layer starts
+        from zero). Returns how many were loaded.
+        """
+        loaded = 0
+        for name, layer in layers.items():
+            value = moments.get(name)
+            rows = layer.weight_bits.shape[0]
+            shape = (rows, layer.weight[0].numel())
+            if value is None:
+                continue
+            m = torch.as_tensor(value).to(torch.float16)
+            if tuple(m.shape) != shape or not bool(torch.isfinite(m).all()):
+                continue
+            self.state[layer.weight_bits].update(step=0, moment=m.clone())
+            loaded += 1
+        return loaded
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load, keeping the Bop moments float16 (and the Adam moments as LowCostAdam does)."""

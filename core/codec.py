@@ -60,6 +60,7 @@ __all__ = [
     "SCALES",
     "REAL",
     "LATENT",
+    "BINARY_MAGNITUDE",
     "SERVER_ROUND",
     "LINEAGE",
     "VERSION",
@@ -120,6 +121,11 @@ SCALES = "scales"  # one float32 scale per weight tensor
 REAL = "real"  # float16 real-valued state (batch-norm shift and statistics)
 LATENT = "latent"  # float16 latent weights (full-model downlink only)
 
+#: Replica value of a packed binary weight (``lowcost-bop``): ``BINARY_MAGNITUDE * sign``,
+#: strictly inside (-1, 1), so that a client's change ``local (+-1) - replica`` is never 0 and
+#: its sign is the client's trained binary weight itself (docs/method.md §2h).
+BINARY_MAGNITUDE = 0.5
+
 _SIGN_KEYS = frozenset({SIGNS, SCALES, REAL})
 _FULL_KEYS = frozenset({LATENT, REAL})
 
@@ -133,12 +139,16 @@ class TensorSpec:
     """One tensor of the model as the wire sees it.
 
     ``kind`` is ``"sign"`` for a weight tensor (sent as signs + one scale) and ``"real"`` for
-    real-valued state (batch-norm shift and running statistics, sent as float16).
+    real-valued state (batch-norm shift and running statistics, sent as float16). ``binary``
+    marks a weight tensor the model keeps as packed bits (``lowcost-bop``): its replica value is
+    ``BINARY_MAGNITUDE * sign``, a downlink update *sets* it to ``scale * sign`` instead of adding
+    (the server's vote), and it keeps no error-feedback residual (docs/method.md §2h).
     """
 
     name: str
     shape: tuple[int, ...]
     kind: Literal["sign", "real"]
+    binary: bool = False
 
     @property
     def numel(self) -> int:
@@ -193,7 +203,10 @@ class ModelSpec:
     @property
     def digest(self) -> str:
         """Short hash of names, shapes and kinds: equal digests mean compatible models."""
-        text = ";".join(f"{t.name}:{t.kind}:{'x'.join(map(str, t.shape))}" for t in self.tensors)
+        text = ";".join(
+            f"{t.name}:{t.kind}{'/binary' if t.binary else ''}:{'x'.join(map(str, t.shape))}"
+            for t in self.tensors
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -204,10 +217,22 @@ def model_spec(model: Any) -> ModelSpec:
     other floating-point entry of the ``state_dict`` (batch-norm shift, running mean and
     l1-deviation, biases) is real-valued state (``"real"``). Integer and bool entries (batch
     counters, packed gradient bits kept by binary layers) are local bookkeeping and never travel.
+    A layer whose binary weights are packed bits (``lowcost-bop``: a module with
+    ``packed_weight`` set) travels as the weight tensor ``"<layer>.weight"`` (``"sign"``, the
+    weight's shape) in place of its ``"<layer>.weight_bits"``: the same spec as under ``lowcost``
+    (docs/method.md §2h says what its update means).
     """
     params = {name for name, _ in model.named_parameters()}
+    packed = {
+        f"{name}.weight_bits" if name else "weight_bits": tuple(int(d) for d in m.weight.shape)
+        for name, m in model.named_modules()
+        if getattr(m, "packed_weight", False)
+    }
     tensors = []
     for name, value in model.state_dict().items():
+        if name in packed:
+            tensors.append(TensorSpec(name.removesuffix("_bits"), packed[name], "sign", True))
+            continue
         if not value.is_floating_point():
             continue
         kind = "sign" if name in params and value.dim() >= 2 else "real"
@@ -252,6 +277,18 @@ class SignUpdate:
     scales: dict[str, float]
     real: dict[str, np.ndarray]
 
+    def apply(self, replica: dict[str, np.ndarray], spec: ModelSpec) -> None:
+        """Bring ``replica`` (float32 by name) forward by this update, in place.
+
+        Weight tensors: ``replica += scale * sign``; binary ones (``TensorSpec.binary``): ``replica
+        = scale * sign`` (the server's vote, absolute). Real state: replaced by ``real``.
+        """
+        for t in spec.sign:
+            step = self.scales[t.name] * unpack_signs(self.signs[t.name], t.numel).reshape(t.shape)
+            replica[t.name] = step if t.binary else replica[t.name] + step
+        for t in spec.real:
+            replica[t.name] = self.real[t.name].astype(np.float32)
+
     def dense(self, spec: ModelSpec) -> dict[str, np.ndarray]:
         """``scale * sign`` per weight tensor, float32 with the tensor's shape."""
         return {
@@ -267,7 +304,8 @@ def compress(
 
     Per weight tensor ``k``: ``u = delta_k + e_k``, ``s = mean|u|``, sent ``s * sign(u)``,
     kept ``e_k <- u - s * sign(u)``. ``s`` is the l2-optimal scale for a fixed sign pattern up to
-    the sign(0) choice. ``residual=None`` means no error feedback (``e = 0``).
+    the sign(0) choice. ``residual=None`` means no error feedback (``e = 0``). A binary tensor
+    (``TensorSpec.binary``) keeps no residual: its update is the client's weights themselves.
 
     Returns
     -------
@@ -279,13 +317,13 @@ def compress(
     new_residual: dict[str, np.ndarray] = {}
     for t in spec.sign:
         u = np.asarray(delta[t.name], dtype=np.float32).reshape(t.shape)
-        if residual is not None:
+        if residual is not None and not t.binary:
             u = u + residual[t.name]
         scale = float(np.float32(np.mean(np.abs(u)))) if u.size else 0.0  # as it travels
         sent = np.where(u < 0, -scale, scale).astype(np.float32)
         signs[t.name] = pack_signs(u)
         scales[t.name] = scale
-        new_residual[t.name] = u - sent
+        new_residual[t.name] = np.zeros_like(u) if t.binary else u - sent
     return signs, scales, new_residual
 
 

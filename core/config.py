@@ -84,13 +84,19 @@ class ModelConfig:
 class RecipeConfig:
     """How to train it: the paper's baseline or its low-memory method (docs/method.md §1a, §2g)."""
 
-    name: str = "lowcost"  # standard | lowcost | lowcost-po2
+    name: str = "lowcost"  # standard | lowcost | lowcost-po2 | lowcost-bop
     lr: float = 1e-3  # Adam learning rate (docs/method.md §2f)
     po2_bias: int = 8  # b_off of the 5-bit power-of-two gradient quantizer (docs/method.md §2e)
+    bop_gamma: float = 1e-3  # lowcost-bop: Bop's adaptivity rate gamma (docs/method.md §2h)
+    bop_threshold: float = 2e-2  # lowcost-bop: Bop's flip threshold tau on |m|
 
     def __post_init__(self) -> None:
         _check_choice("recipe", self.name, RECIPES)
         _check_positive("recipe.lr", self.lr)
+        if not 0.0 < self.bop_gamma <= 1.0:
+            raise ValueError(f"recipe.bop_gamma must be in (0, 1], got {self.bop_gamma}")
+        if not 0.0 <= self.bop_threshold < 1.0:
+            raise ValueError(f"recipe.bop_threshold must be in [0, 1), got {self.bop_threshold}")
 
 
 @dataclass

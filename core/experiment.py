@@ -77,10 +77,13 @@ def build_optimizer_for(
 
     ``seed`` seeds the stochastic rounding of the low-cost optimizers (default ``train.seed``).
     """
+    from core.bop import BopConfig
     from core.optim import build_optimizer
 
     lr = cfg.recipe.lr if lr is None else lr
-    return build_optimizer(model, recipe_of(cfg), lr, seed=cfg.train.seed if seed is None else seed)
+    bop = BopConfig(gamma=cfg.recipe.bop_gamma, threshold=cfg.recipe.bop_threshold)
+    seed = cfg.train.seed if seed is None else seed
+    return build_optimizer(model, recipe_of(cfg), lr, bop=bop, seed=seed)
 
 
 def train_loader(

@@ -12,17 +12,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.codec import ModelSpec
+from core.bop import LowCostBop
+from core.codec import BINARY_MAGNITUDE, ModelSpec
 from core.config import ExperimentConfig
 from core.experiment import (
     build_model_for,
     build_optimizer_for,
     eval_loader,
-    recipe_of,
     seeded,
     set_threads,
     train_loader,
 )
+from core.models import float_state, packed_weights_by_name
 
 __all__ = [
     "LocalData",
@@ -30,7 +31,6 @@ __all__ = [
     "load_split",
     "local_data",
     "check_population",
-    "check_recipe",
     "new_model",
     "state_of",
     "load_state",
@@ -79,21 +79,6 @@ def local_data(cfg: ExperimentConfig, node_config: dict) -> LocalData:
     return LocalData(ds, train_idx, val_idx)
 
 
-def check_recipe(cfg: ExperimentConfig) -> None:
-    """Refuse, before round 1, a recipe whose models the 1-bit exchange cannot carry yet.
-
-    ``lowcost-bop`` keeps its binary weights as packed sign bits without latent weights, and the
-    codec (:func:`core.codec.model_spec`) sends changes of latent weights: a federation of it
-    would fail inside the first ClientApp/ServerApp. Train it centrally (``bitfed-train``).
-    """
-    if recipe_of(cfg).packed_weights:
-        raise ValueError(
-            f"recipe.name={cfg.recipe.name} cannot be federated yet (its binary weights are "
-            "packed bits, the 1-bit exchange sends latent-weight changes): use recipe=lowcost, "
-            "or train lowcost-bop centrally with bitfed-train"
-        )
-
-
 def check_population(cfg: ExperimentConfig) -> tuple[int, int]:
     """Partition the training set among ``federation.num_clients`` clients once, before round 1.
 
@@ -105,7 +90,6 @@ def check_population(cfg: ExperimentConfig) -> tuple[int, int]:
     """
     from core.data.partition import partition_table
 
-    check_recipe(cfg)
     labels = load_split(cfg, "train").labels
     p, fed = cfg.partition, cfg.federation
     sizes = partition_table(
@@ -131,8 +115,11 @@ def new_model(cfg: ExperimentConfig, dataset) -> torch.nn.Module:
 
 
 def state_of(model: torch.nn.Module, spec: ModelSpec) -> dict[str, np.ndarray]:
-    """Copy the travelling tensors of ``model`` out as float32 numpy arrays."""
-    sd = model.state_dict()
+    """Copy the travelling tensors of ``model`` out as float32 numpy arrays.
+
+    A packed binary weight (``lowcost-bop``) comes out as its ``+-1`` values.
+    """
+    sd = float_state(model)
     return {t.name: sd[t.name].detach().to(torch.float32).numpy().copy() for t in spec.tensors}
 
 
@@ -140,30 +127,48 @@ def version_zero(model: torch.nn.Module, spec: ModelSpec) -> dict[str, np.ndarra
     """Return a fresh model's state as version 0 of a federation: real state float16-rounded.
 
     The real state travels as float16, so version 0 holds what every client can reproduce.
+    Packed binary weights are ``BINARY_MAGNITUDE * sign(w)`` (:class:`core.codec.TensorSpec`).
     """
     state = state_of(model, spec)
     for t in spec.real:
         state[t.name] = state[t.name].astype(np.float16).astype(np.float32)
+    for t in spec.sign:
+        if t.binary:
+            state[t.name] = BINARY_MAGNITUDE * state[t.name]
     return state
 
 
 def load_state(model: torch.nn.Module, state: dict[str, np.ndarray], spec: ModelSpec) -> None:
     """Copy ``state`` into ``model`` in place, each tensor cast to the model's own dtype.
 
-    Entries that do not travel (batch counters, packed gradient bits) are left as they are.
+    A packed binary weight takes ``sign(state)`` (``>= 0`` <=> ``+1``): the client trains the
+    binarized global model. Entries that do not travel (batch counters, packed gradient bits)
+    are left as they are.
     """
-    sd = model.state_dict()
+    sd, packed = model.state_dict(), packed_weights_by_name(model)
     with torch.no_grad():
         for t in spec.tensors:
-            sd[t.name].copy_(torch.from_numpy(np.array(state[t.name], dtype=np.float32)))
+            value = torch.from_numpy(np.array(state[t.name], dtype=np.float32))
+            if t.name in packed:
+                packed[t.name].load_weight_signs_(value)
+            else:
+                sd[t.name].copy_(value)
 
 
-def fit_local(model: torch.nn.Module, data: LocalData, cfg: ExperimentConfig, server_round: int):
+def fit_local(
+    model: torch.nn.Module,
+    data: LocalData,
+    cfg: ExperimentConfig,
+    server_round: int,
+    moments: dict[str, np.ndarray] | None = None,
+):
     """Train ``model`` on the client's train part for ``train.epochs`` epochs (core.fit).
 
     Batch order, torch's random stream and the optimizer's stochastic-rounding generator are
     seeded from ``(train.seed, round, first example index)``, so clients draw independent noise. The
     learning rate follows ``federation.lr_schedule`` over the rounds (``round_lr``).
+    ``moments`` (``lowcost-bop`` only; updated in place) carries the Bop moments of the packed
+    layers from one round of this client to its next (:meth:`core.bop.LowCostBop.moments`).
     """
     from core.train import fit
 
@@ -173,7 +178,16 @@ def fit_local(model: torch.nn.Module, data: LocalData, cfg: ExperimentConfig, se
         loader = train_loader(cfg, data.dataset, data.train_idx, seed=seed)
     lr = cfg.federation.round_lr(cfg.recipe.lr, server_round)
     optimizer = build_optimizer_for(cfg, model, lr, seed=seed)
-    return fit(model, optimizer, loader, epochs=cfg.train.epochs, max_batches=cfg.train.max_batches)
+    layers = packed_weights_by_name(model)
+    keep = moments is not None and bool(layers) and isinstance(optimizer, LowCostBop)
+    if keep:
+        optimizer.load_moments_(layers, moments)
+    epochs, max_batches = cfg.train.epochs, cfg.train.max_batches
+    result = fit(model, optimizer, loader, epochs=epochs, max_batches=max_batches)
+    if keep:
+        moments.clear()
+        moments.update({k: v.numpy() for k, v in optimizer.moments(layers).items()})
+    return result
 
 
 def evaluate_global(cfg: ExperimentConfig, model: torch.nn.Module, dataset):

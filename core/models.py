@@ -36,6 +36,7 @@ __all__ = [
     "BinaryNet",
     "ResNetE18",
     "count_weights",
+    "packed_weights_by_name",
     "float_state",
     "load_float_state_",
     "weight_names",
@@ -283,6 +284,15 @@ def weight_names(model: nn.Module) -> list[str]:
     ]
 
 
+def packed_weights_by_name(model: nn.Module) -> dict[str, PackedGradLayer]:
+    """Return the layers whose binary weights are packed bits, by name ``"<layer>.weight"``."""
+    return {
+        f"{name}.weight" if name else "weight": m
+        for name, m in model.named_modules()
+        if isinstance(m, PackedGradLayer) and m.packed_weight
+    }
+
+
 def float_state(model: nn.Module) -> dict[str, Tensor]:
     """``model.state_dict()`` with every packed weight shown as its float16 ``+-1`` values.
 
@@ -293,11 +303,7 @@ def float_state(model: nn.Module) -> dict[str, Tensor]:
     entries are the state dict's own tensors (views of the model's storage); for models
     without packed weights the result equals ``model.state_dict()``.
     """
-    packed = {
-        f"{name}.weight_bits" if name else "weight_bits": m
-        for name, m in model.named_modules()
-        if isinstance(m, PackedGradLayer) and m.packed_weight
-    }
+    packed = {f"{name}_bits": m for name, m in packed_weights_by_name(model).items()}
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
         layer = packed.get(key)
@@ -323,11 +329,7 @@ def load_float_state_(model: nn.Module, state: dict[str, Tensor]) -> None:
         raise KeyError(
             f"state does not match the model: missing {sorted(missing)}, extra {sorted(extra)}"
         )
-    packed = {
-        f"{name}.weight" if name else "weight": m
-        for name, m in model.named_modules()
-        if isinstance(m, PackedGradLayer) and m.packed_weight
-    }
+    packed = packed_weights_by_name(model)
     for key, value in state.items():
         layer = packed.get(key)
         if layer is not None:

@@ -160,10 +160,7 @@ class ReplicaStore:
             path = self.root / _safe(lineage) / f"delta-{v}.npz"
             with np.load(path, allow_pickle=False) as data:
                 update = decode_update({k: data[k] for k in data.files}, spec)
-            for name, step in update.dense(spec).items():  # as client.state.sync_replica does
-                state[name] = state[name] + step
-            for t in spec.real:
-                state[t.name] = update.real[t.name].astype(np.float32)
+            update.apply(state, spec)  # as client.state.sync_replica does
         return state
 
     @classmethod

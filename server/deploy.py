@@ -630,10 +630,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         server = _Server(args)
         server.prepare()
         cfg = None if args.no_run else compose_experiment(args.overrides, args.config_dir)
-        if cfg is not None:
-            from core.federated import check_recipe
-
-            check_recipe(cfg)  # before any process starts: one line, not a failed ServerApp
         server.start_link()
         if cfg is None:
             sys.exit(server.serve())

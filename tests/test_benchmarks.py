@@ -421,6 +421,40 @@ def _federation_run(partition, variant, strategy, final):
     }
 
 
+class TestFederationVariants:
+    def test_bop_is_a_variant_on_request_with_its_own_recipe(self, tmp_path):
+        import argparse
+
+        from benchmarks.federation import DEFAULT_VARIANTS, VARIANT_KEYS, experiment
+
+        assert "bop" in VARIANT_KEYS and "bop" not in DEFAULT_VARIANTS
+        args = argparse.Namespace(
+            per_round=None, clients=10, mnist_root=tmp_path, max_batches=0, rounds=30, set=[]
+        )
+        cfg = experiment(args, VARIANT_KEYS["bop"], "IID", tmp_path)
+        assert (cfg.recipe.name, cfg.strategy.name) == ("lowcost-bop", "mean")
+
+    def test_bop_section_judges_the_gap_to_lowcost_mean(self, tmp_path):
+        res = {
+            "name": "federation30-bop",
+            "command": "python -m benchmarks.federation30 --name federation30-bop",
+            "machine": MACHINE,
+            "seconds": 100.0,
+            "config": {"clients": 10, "rounds": 1, "max_batches": 0, "batch_size": 100},
+            "runs": [
+                _federation_run("IID", "lowcost + mean", "mean", 0.950),
+                _federation_run("IID", "lowcost-bop + mean", "mean", 0.9385),
+                _federation_run("Dirichlet(0.5)", "lowcost + mean", "mean", 0.930),
+                _federation_run("Dirichlet(0.5)", "lowcost-bop + mean", "mean", 0.925),
+            ],
+        }
+        write_json(tmp_path / "federation30-bop.json", res)
+        text = render(load_results(tmp_path), tmp_path, tmp_path)
+        section = text.split("## 8b. Latent-free training in a federation")[1].split("\n## ")[0]
+        assert "- IID: `lowcost-bop` − `lowcost` = -1.15 pp (**missed**)." in section
+        assert "- Dirichlet(0.5): `lowcost-bop` − `lowcost` = -0.50 pp (**met**)." in section
+
+
 def test_compact_state_section_renders_the_federation_table(tmp_path):
     res = {
         "name": "federation-compact",

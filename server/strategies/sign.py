@@ -23,7 +23,16 @@ from flwr.app import ArrayRecord
 from flwr.supercore import log
 
 from core import codec
-from core.codec import ModelSpec, SignUpdate, compress, decode_update, encode_full, encode_update
+from core.codec import (
+    BINARY_MAGNITUDE,
+    ModelSpec,
+    SignUpdate,
+    compress,
+    decode_update,
+    encode_full,
+    encode_update,
+    pack_signs,
+)
 from core.config import ExperimentConfig
 from glue.records import to_record
 from server.aggregate import (
@@ -154,14 +163,16 @@ class SignStrategy(BitFedStrategy):
             }
             step = self.momentum
         signs, scales, self.residual = compress(step, self.residual, self.spec)
+        assert self._global is not None
+        for t in self.spec.sign:
+            if t.binary:  # packed binary weights: the step's sign is the vote, sent as is
+                signs[t.name], scales[t.name] = binary_vote(step[t.name], self._global[t.name])
         down = SignUpdate(signs, scales, {k: v.astype(np.float16) for k, v in real.items()})
         self._last_delta_arrays = encode_update(down, self.spec)
         self.last_delta = to_record(self._last_delta_arrays)
         self.history.add(self.version + 1, self._last_delta_arrays)
-        dense = down.dense(self.spec)
-        assert self._global is not None
-        new = {t.name: self._global[t.name] + dense[t.name] for t in self.spec.sign}
-        new |= {t.name: real[t.name] for t in self.spec.real}
+        new = dict(self._global)
+        down.apply(new, self.spec)  # exactly what every client's replica does
         return new
 
     def global_model(self, broadcast: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -181,6 +192,20 @@ class SignStrategy(BitFedStrategy):
     def last_delta_arrays(self) -> dict[str, np.ndarray] | None:
         """Codec arrays of the downlink from ``version - 1`` to ``version``."""
         return self._last_delta_arrays
+
+
+def binary_vote(step: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, float]:
+    """Downlink of a packed binary weight tensor (``lowcost-bop``): the new global weights.
+
+    A binary client's reply carries its trained weights as its signs (docs/method.md §2h), so a
+    rule's dense step is a vote over them (``mean``: example- and scale-weighted, ``aligned``:
+    trust-weighted, ``majority``: one per client; with ``strategy.server_momentum`` the votes of
+    past rounds count too). The new global weight is ``sign(step)``, the current one where the
+    vote ties (``step == 0``); it travels absolute, as packed signs with the scale
+    ``BINARY_MAGNITUDE`` (:meth:`core.codec.SignUpdate.apply` sets the replica to it).
+    """
+    vote = np.where(step == 0, np.where(current < 0, -1.0, 1.0), step)
+    return pack_signs(vote), BINARY_MAGNITUDE
 
 
 class SignMean(SignStrategy):

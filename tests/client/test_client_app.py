@@ -46,12 +46,16 @@ pytestmark = pytest.mark.usefixtures("flower_task_identity")
 @pytest.fixture
 def fed(tmp_path):
     """A real strategy and model, the run config, and a way to run one round on both nodes."""
-    run_config = RUN_CONFIG | {"output_dir": str(tmp_path)}
+    return _federation(tmp_path)
+
+
+def _federation(tmp_path, extra: dict | None = None):
+    run_config = RUN_CONFIG | {"output_dir": str(tmp_path)} | (extra or {})
     cfg = from_run_config(run_config)
     test = federated.load_split(cfg, "test")
     spec = model_spec(federated.new_model(cfg, test))
     model = federated.new_model(cfg, test)
-    state = federated.state_of(model, spec)
+    state = federated.version_zero(model, spec)  # what the ServerApp starts from
     strategy = build_strategy(cfg, spec, lineage="lin0")
 
     class Fed:
@@ -191,3 +195,66 @@ def test_client_applies_train_num_threads(fed):
         assert torch.get_num_threads() == 1  # RUN_CONFIG's train.num_threads
     finally:
         torch.set_num_threads(1)
+
+
+def test_lowcost_bop_replies_carry_the_binary_weights_and_the_global_model_learns(
+    tmp_path, monkeypatch
+):
+    """lowcost-bop through the real handler and strategy (docs/method.md §2h): the replica stays
+    real-valued, a client trains ``sign(replica)``, and since ``|replica| < 1`` the sign of its
+    change ``local - replica`` is its trained binary weight itself: the reply's bits are the
+    client's weights, exactly. The server's mean of ``scale * sign`` moves the global model
+    towards the clients' weights and flips it where they agree; accuracy rises."""
+    from core.models import float_state, weight_names
+
+    trained = {}
+    fit_local = federated.fit_local
+
+    def recording_fit(model, data, cfg, server_round, moments=None):
+        result = fit_local(model, data, cfg, server_round, moments)
+        trained[int(data.train_idx[0])] = {
+            k: v.float().numpy().ravel() for k, v in float_state(model).items()
+        }
+        return result
+
+    monkeypatch.setattr(federated, "fit_local", recording_fit)
+    fed = _federation(
+        tmp_path,
+        {
+            "recipe.name": "lowcost-bop",
+            "recipe.bop_gamma": 0.05,
+            "recipe.bop_threshold": 0.1,
+            "train.max_batches": 0,
+        },
+    )
+    test = federated.load_split(fed.cfg, "test")
+    model = federated.new_model(fed.cfg, test)
+    names = weight_names(model)
+    assert [t.name for t in fed.spec.sign] == names  # packed weights travel as lowcost's do
+    start = record_to_state(fed.arrays)
+    for k in names:  # version 0: half-committed signs
+        assert set(np.unique(np.abs(start[k]))) == {0.5}
+    federated.load_state(model, start, fed.spec)
+    acc0 = federated.evaluate_global(fed.cfg, model, test).accuracy
+
+    replies = fed.round(1)
+    for reply in replies:
+        update = codec.decode_update(from_record(reply.content[codec.ARRAYS], 1 << 30), fed.spec)
+        sent = update.dense(fed.spec)
+        matches = [
+            all(np.array_equal(np.sign(sent[k]).ravel(), w[k]) for k in names)
+            for w in trained.values()
+        ]
+        assert any(matches)  # the bits are one client's trained weights, exactly
+    flipped = sum(
+        int((np.sign(start[k]).ravel() != w[k]).sum()) for w in trained.values() for k in names
+    )
+    assert len(trained) == 2 and flipped > 0  # training flipped weights (Bop is exercised)
+    after = record_to_state(fed.arrays)
+    moved = [k for k in names if not np.array_equal(np.sign(after[k]), np.sign(start[k]))]
+    assert moved  # the global binary model flipped where the clients agreed
+    for server_round in range(2, 5):
+        fed.round(server_round)
+    federated.load_state(model, record_to_state(fed.arrays), fed.spec)
+    acc = federated.evaluate_global(fed.cfg, model, test).accuracy
+    assert acc > acc0 + 0.2, (acc0, acc)

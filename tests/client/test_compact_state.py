@@ -166,3 +166,13 @@ def test_compact_clients_train_from_the_exact_broadcast_model(tmp_path, monkeypa
         saved = ClientState.load(path, "lin")
         assert saved.replica == {} and saved.residual is not None and saved.origin == -1
         assert path.stat().st_size <= 2 * spec.sign_numel + 4096  # float16 residual, no replica
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_bop_moments_survive_save_and_load(tmp_path, compact):
+    moments = {"1.weight": np.linspace(-1, 1, 12, dtype=np.float16).reshape(3, 4)}
+    replica = {"1.weight": np.full((3, 4), 0.5, np.float32)}
+    ClientState("lin", 3, replica, None, moments=moments).save(tmp_path / "s.npz", compact=compact)
+    back = ClientState.load(tmp_path / "s.npz", "lin")
+    assert back is not None and back.moments.keys() == moments.keys()
+    np.testing.assert_array_equal(back.moments["1.weight"], moments["1.weight"])

@@ -289,3 +289,84 @@ def test_sign_update_of_a_binary_client_carries_its_weights():
         sent = np.where(np.unpackbits(signs[k], count=local[k].numel()) == 1, -1.0, 1.0)
         np.testing.assert_array_equal(sent, local[k].float().numpy().ravel())  # the weights
         assert scales[k] == pytest.approx(float(np.abs(delta[k]).mean()), rel=1e-6)
+
+
+def test_codec_spec_of_a_packed_model_is_lowcosts_with_binary_weights():
+    from core.codec import model_spec
+
+    torch.manual_seed(0)
+    shape = SHAPES["cnv"]
+    packed = model_spec(build_model("cnv", BOP, in_shape=shape))
+    latent = model_spec(build_model("cnv", "lowcost", in_shape=shape))
+    assert [(t.name, t.shape, t.kind) for t in packed.tensors] == [
+        (t.name, t.shape, t.kind) for t in latent.tensors
+    ]
+    assert all(t.binary for t in packed.sign) and not any(t.binary for t in latent.sign)
+    assert packed.digest != latent.digest  # a checkpoint of one never resumes the other
+
+
+def test_a_binary_tensor_update_sets_the_replica_and_keeps_no_residual():
+    from core.codec import BINARY_MAGNITUDE, ModelSpec, SignUpdate, TensorSpec, compress
+
+    spec = ModelSpec((TensorSpec("w", (4,), "sign", binary=True), TensorSpec("v", (4,), "sign")))
+    replica = {"w": np.float32([0.5, -0.5, 0.5, -0.5]), "v": np.float32([1, 2, 3, 4])}
+    local = {"w": np.float32([1, 1, -1, -1]), "v": np.float32([1.5, 2, 2, 4])}
+    delta = {k: local[k] - replica[k] for k in replica}
+    residual = {"w": np.float32([9, 9, 9, 9]), "v": np.zeros(4, np.float32)}
+    signs, scales, kept = compress(delta, residual, spec)
+    update = SignUpdate(signs, scales, {})
+    sent = update.dense(spec)
+    np.testing.assert_array_equal(np.sign(sent["w"]), local["w"])  # the weights, residual unused
+    assert scales["w"] == pytest.approx(np.abs(delta["w"]).mean())
+    np.testing.assert_array_equal(kept["w"], np.zeros(4, np.float32))
+    down = SignUpdate(signs, {"w": BINARY_MAGNITUDE, "v": scales["v"]}, {})
+    down.apply(replica, spec)
+    np.testing.assert_array_equal(replica["w"], 0.5 * local["w"])  # set, not added
+    np.testing.assert_allclose(replica["v"], [1.375, 2.375, 2.625, 4.375])  # added: s = 0.375
+
+
+def test_bop_moments_round_trip_and_bad_ones_are_skipped():
+    from core.models import packed_weights_by_name
+
+    torch.manual_seed(0)
+    model = build_model("mlp", BOP, num_classes=4, in_shape=(1, 8, 8))
+    layers = packed_weights_by_name(model)
+    opt = build_optimizer(model, BOP, bop=BopConfig(gamma=0.5, threshold=0.5))
+    assert opt.moments(layers) == {}  # nothing stepped yet
+    F.cross_entropy(model(codes(8, (1, 8, 8))), torch.arange(8) % 4).backward()
+    opt.step()
+    moments = opt.moments(layers)
+    assert set(moments) == set(layers) and all(m.abs().sum() > 0 for m in moments.values())
+    fresh = build_optimizer(model, BOP, bop=BopConfig(gamma=0.5, threshold=0.5))
+    first = next(iter(layers))
+    bad = dict(moments) | {first: moments[first][:, :-1]}  # wrong shape: that layer is skipped
+    assert fresh.load_moments_(layers, bad) == len(layers) - 1
+    loaded = fresh.moments(layers)
+    assert first not in loaded
+    assert all(torch.equal(loaded[k], moments[k]) for k in loaded)
+
+
+def test_fit_local_carries_bop_moments_from_round_to_round():
+    """Default Bop flips after ~tau / gamma = 20 agreeing steps: two rounds of 12 steps flip
+    weights only when the second starts from the first's moments."""
+    from core import federated
+    from core.config import from_run_config
+
+    cfg = from_run_config(
+        {"recipe.name": BOP, "train.batch_size": 50, "train.max_batches": 12, "train.epochs": 1,
+         "train.num_threads": 1, "federation.num_clients": 1, "federation.clients_per_round": 1,
+         "federation.min_clients": 1}
+    )  # fmt: skip
+    test = federated.load_split(cfg, "test")
+    data = federated.local_data(cfg, {"partition-id": 0, "num-partitions": 1})
+    flips = {}
+    for carry in (False, True):
+        model = federated.new_model(cfg, test)
+        start = float_state(model)
+        moments: dict = {}
+        for server_round in (1, 2):
+            federated.fit_local(model, data, cfg, server_round, moments if carry else None)
+        after = float_state(model)
+        flips[carry] = sum(int((after[k] != start[k]).sum()) for k in weight_names(model))
+        assert bool(moments) == carry
+    assert flips[False] == 0 < flips[True], flips

@@ -105,22 +105,6 @@ def test_table_and_summary_from_metrics():
     assert "float32/25.9" in text and "skipped rounds: 1" in text
 
 
-def test_a_recipe_the_exchange_cannot_carry_is_refused_before_round_one(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(sys.executable).with_name("bitfed-sim")
-    done = subprocess.run(
-        [str(script), "recipe=lowcost-bop"], cwd=tmp_path, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert "recipe.name=lowcost-bop cannot be federated yet" in lines[0]
-    assert "use recipe=lowcost" in lines[0] and "Traceback" not in done.stdout + done.stderr
-
-
 @pytest.mark.parametrize(
     ("command", "override", "names"),
     [

@@ -65,15 +65,15 @@ def sign_reply(node, bits, scale, examples, real, version=0, **changes):
     return make_reply(node, arrays, metrics)
 
 
-def strategy(rule="mean", min_clients=2, max_examples=100_000, **fed):
+def strategy(rule="mean", min_clients=2, max_examples=100_000, spec=SPEC, start=GLOBAL, **fed):
     cfg = ExperimentConfig(
         strategy=StrategyConfig(name=rule, majority_step=0.001, max_examples=max_examples),
         federation=FederationConfig(
             num_clients=3, clients_per_round=3, min_clients=min_clients, **fed
         ),
     )
-    s = build_strategy(cfg, SPEC, lineage="abc")
-    list(s.configure_train(1, state_to_record(GLOBAL), ConfigRecord(), FakeGrid(LITERAL)))
+    s = build_strategy(cfg, spec, lineage="abc")
+    list(s.configure_train(1, state_to_record(start), ConfigRecord(), FakeGrid(LITERAL)))
     return s
 
 
@@ -98,6 +98,37 @@ def test_majority_rule_hand_computed():
     new = record_to_state(arrays)
     np.testing.assert_allclose(new["w"], [1.001, 1.999, 2.999, 3.999], rtol=1e-6)
     np.testing.assert_allclose(new["bn"], [3.0, 4.0])  # trimmed mean of 3 = the median
+
+
+BINARY = ModelSpec((TensorSpec("w", (4,), "sign", binary=True), TensorSpec("bn", (2,), "real")))
+BINARY_GLOBAL = {"w": np.array([-0.5, -0.5, 0.5, 0.5], np.float32), "bn": np.zeros(2, np.float32)}
+
+
+@pytest.mark.parametrize(
+    ("rule", "nodes", "expected"),
+    [
+        # weighted step [0.2, -0.4, 0.1, -0.2] (as above): its signs are the vote
+        ("mean", (11, 12, 13), [0.5, -0.5, 0.5, -0.5]),
+        # A + B one vote each: [2, 0, 0, -2]; the two ties keep the current weights
+        ("majority", (11, 12), [0.5, -0.5, 0.5, -0.5]),
+        # A + B + C: [1, -1, -1, -1]
+        ("majority", (11, 12, 13), [0.5, -0.5, -0.5, -0.5]),
+    ],
+)
+def test_packed_binary_weights_take_the_vote_of_the_replies(rule, nodes, expected):
+    """lowcost-bop: replies' signs are the clients' weights; the global weight is the vote's sign
+    at magnitude BINARY_MAGNITUDE, sent absolute, no residual kept (docs/method.md §2h)."""
+    s = strategy(rule, spec=BINARY, start=BINARY_GLOBAL)
+    replies = [sign_reply(n, *LITERAL[n]) for n in nodes]
+    arrays, _ = s.aggregate_train(1, replies)
+    new = record_to_state(arrays)
+    np.testing.assert_array_equal(new["w"], np.float32(expected))
+    np.testing.assert_array_equal(s.residual["w"], np.zeros(4, np.float32))
+    delta = codec.decode_update(from_record(s.last_delta, BINARY.float32_bytes), BINARY)
+    assert delta.scales["w"] == codec.BINARY_MAGNITUDE
+    replica = {k: v.copy() for k, v in BINARY_GLOBAL.items()}
+    delta.apply(replica, BINARY)  # what a client's replica does with the downlink
+    np.testing.assert_array_equal(replica["w"], new["w"])
 
 
 def test_downlink_delta_reproduces_new_global_exactly():
