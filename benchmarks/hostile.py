@@ -63,6 +63,9 @@ NAME = "hostile"
 #: rule -> recipe it is measured with
 RULES = {"mean": "lowcost", "aligned": "lowcost", "majority": "lowcost", "fedavg": "standard"}
 ATTACKS = ("flip", "scale", "real", "examples", "random", "alie")
+#: Not an attack: the hostile devices send no update (``--attacks absent``), the accuracy a rule
+#: that ignored exactly them would reach; left out of the verdicts.
+REFERENCE = "absent"
 #: label -> (partition kind, Dirichlet alpha)
 PARTITIONS = {"iid": ("iid", 0.5), "dirichlet": ("dirichlet", 0.5)}
 #: What each attack does (client/hostile.py); ``g`` global model, ``w`` honest local model.
@@ -77,6 +80,8 @@ DEFINITIONS = {
     "invert their own sign on the same half of each tensor's coordinates, drawn from the round "
     "number, and send 0.95 x strategy.scale_clip x their honest scale (fedavg: the change, so "
     "inverted, times 0.95 x scale_clip)",
+    REFERENCE: "a reference, not an attack: the hostile devices answer without an update (their "
+    "data is lost with them): what a rule that ignored exactly those devices would reach",
 }
 DEFAULT_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 WORK_DIR = RESULTS_DIR / "tmp" / NAME  # git-ignored run folders
@@ -219,7 +224,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         k = r["key"]
         groups.setdefault((k["partition"], k["rule"], k["attack"], k["attackers"]), []).append(r)
     rows = []
-    order = {name: i for i, name in enumerate([*PARTITIONS, *RULES, "none", *ATTACKS])}
+    order = {name: i for i, name in enumerate([*PARTITIONS, *RULES, "none", *ATTACKS, REFERENCE])}
 
     def rank(item: tuple) -> tuple:
         (partition, rule, attack, f), _ = item
@@ -255,7 +260,7 @@ def verdicts(rows: list[dict[str, Any]], default: str) -> dict[str, Any]:
     """The issue's targets, from the rows that exist (``None`` where a figure is missing)."""
     by = {(r["partition"], r["rule"], r["attack"], r["attackers"]): r for r in rows}
     out: dict[str, Any] = {"default_rule": default}
-    attacked = [r for r in rows if r["rule"] == default and r["attack"] != "none"]
+    attacked = [r for r in rows if r["rule"] == default and r["attack"] not in ("none", REFERENCE)]
     worst = [r["worst_drop_pp"] for r in attacked if r["worst_drop_pp"] is not None]
     out["default_worst_drop_pp"] = max(worst) if worst else None
     out["default_within_2pp_of_clean"] = bool(worst) and max(worst) <= 2.0
@@ -349,7 +354,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     rows = result["summary"]
     partitions = [p for p in PARTITIONS if any(r["partition"] == p for r in rows)]
     fig, axes = plt.subplots(len(partitions), 1, figsize=(10, 3.6 * len(partitions)), squeeze=False)
-    attacks = ["none", *ATTACKS]
+    attacks = [
+        "none",
+        *ATTACKS,
+        *([REFERENCE] if any(r["attack"] == REFERENCE for r in rows) else []),
+    ]
     for ax, partition in zip(axes[:, 0], partitions):
         mine = [r for r in rows if r["partition"] == partition]
         series = sorted({(r["rule"], r["attackers"]) for r in mine if r["attack"] != "none"})

@@ -157,6 +157,9 @@ def hostile_reply(msg: Message, context: Context, call_next: ClientAppCallable) 
         return reply
     if codec.ARRAYS not in reply.content.array_records:  # need-full: nothing to attack
         return reply
+    if cfg.federation.attack == AttackName.ABSENT:  # the reference: no update, as from a
+        empty = MetricRecord({codec.NUM_EXAMPLES: 0, codec.EMPTY: 1})  # device without data
+        return Message(RecordDict({codec.METRICS: empty}), reply_to=msg)
     data = federated.local_data(cfg, dict(context.node_config))
     spec = codec.model_spec(federated.new_model(cfg, data.dataset))
     conf = msg.content[codec.CONFIG]

@@ -89,6 +89,7 @@ class AttackName(StrEnum):
     EXAMPLES = "examples"  # sign-flipped update claiming 10^5 examples
     RANDOM = "random"  # uniformly random signs, honest scales
     ALIE = "alie"  # colluding "a little is enough": agreed coordinates pushed, scales at the bound
+    ABSENT = "absent"  # a reference, not an attack: no update at all, as a perfect rule would see
 
 
 def choices(enum: type[StrEnum]) -> tuple[str, ...]:

@@ -20,16 +20,19 @@
 # BITFED_BUILD_CPU_SHARES (CPU weight of the build's containers, e.g. 2 to yield to other work;
 # default: Docker's 1024),
 # BITFED_DEBIAN_MIRROR (default: the first Debian URI in /etc/apt/sources*),
-# BITFED_WHEEL_PORT (default 38017), BITFED_PYTHON (host Python 3.11 with pip; default .venv).
+# BITFED_WHEEL_PORT (default 38017; the next free one of the ten after it when taken: the port is
+# part of a build argument, so a fixed one keeps Docker's layer cache), BITFED_PYTHON (host
+# Python 3.11 with pip; default .venv). Two builds at once (e.g. amd64 and arm64) each serve
+# their own wheelhouse.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE_IMAGE="bitfed-base:bookworm"
 EXTRAS="${BITFED_EXTRAS-data}"
 WHEELHOUSE="build/wheelhouse"
-PORT="${BITFED_WHEEL_PORT:-38017}"
 PY="${BITFED_PYTHON:-}"
 [ -n "$PY" ] || { [ -x .venv/bin/python ] && PY=.venv/bin/python; } || PY=python3
+PORT="${BITFED_WHEEL_PORT:-38017}"
 
 say() { echo "offline-image.sh: $*" >&2; }
 fail() {
@@ -122,18 +125,29 @@ print(digest.hexdigest()[:16])
 EOF
 }
 
+# Serve the wheelhouse on 127.0.0.1:PORT, or the first of the next ten ports where this build's
+# own server answers (a token file only it serves: another server on a port is never taken).
 serve_wheelhouse() {
-    "$PY" -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$PORT" >/dev/null 2>&1 &
-    SERVER_PID=$!
-    trap 'kill "$SERVER_PID" 2>/dev/null || true' EXIT
-    local waited=0
-    until "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$PORT/', timeout=1)" \
-        2>/dev/null; do
-        kill -0 "$SERVER_PID" 2>/dev/null || fail "cannot serve the wheelhouse on 127.0.0.1:$PORT (in use? set BITFED_WHEEL_PORT)"
-        [ "$waited" -ge 20 ] && fail "the wheelhouse server on 127.0.0.1:$PORT did not answer"
-        sleep 0.5
-        waited=$((waited + 1))
+    TOKEN=".served-by-$$-$RANDOM$RANDOM"
+    echo "$TOKEN" >"$WHEELHOUSE/$TOKEN"
+    trap 'kill "${SERVER_PID:-}" 2>/dev/null || true; rm -f "$WHEELHOUSE/$TOKEN"' EXIT
+    local first="$PORT"
+    for PORT in $(seq "$first" $((first + 10))); do
+        "$PY" -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$PORT" >/dev/null 2>&1 &
+        SERVER_PID=$!
+        for _ in $(seq 20); do
+            if "$PY" -c "import sys, urllib.request as u
+sys.exit(u.urlopen('http://127.0.0.1:$PORT/$TOKEN', timeout=1).read().strip() != b'$TOKEN')" \
+                2>/dev/null; then
+                return
+            fi
+            kill -0 "$SERVER_PID" 2>/dev/null || break # port taken: our server exited
+            sleep 0.5
+        done
+        kill "$SERVER_PID" 2>/dev/null || true
+        say "127.0.0.1:$PORT is taken or did not answer; trying the next port"
     done
+    fail "cannot serve the wheelhouse on 127.0.0.1:$first..$PORT (set BITFED_WHEEL_PORT)"
 }
 
 VERSION="$("$PY" -c "import tomllib; print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")"

@@ -13,10 +13,11 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A session with compose end-to-end tests starts their image build now, in the background
-    (tests/image_build.py), so that it overlaps the rest of the suite."""
-    if any(item.get_closest_marker("docker") for item in items):
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A session that will run compose end-to-end tests (after ``-m``/``-k`` selection) starts
+    their image build now, in the background (tests/image_build.py), so that it overlaps the rest
+    of the suite."""
+    if any(item.get_closest_marker("docker") for item in session.items):
         from tests.image_build import start_image_build
 
         start_image_build()  # nothing when no engine answers: those tests then skip

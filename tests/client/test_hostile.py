@@ -178,6 +178,17 @@ def test_mod_turns_the_reply_into_the_attack():
     assert out.content[codec.METRICS][codec.NUM_EXAMPLES] == CLAIMED_EXAMPLES
 
 
+@pytest.mark.usefixtures("flower_task_identity")
+def test_absent_reference_sends_no_update_and_counts_as_empty():
+    out, reply, _, _ = call("absent", 0)
+    assert codec.ARRAYS in reply.content.array_records  # the device did train
+    assert codec.ARRAYS not in out.content.array_records
+    metrics = out.content[codec.METRICS]
+    assert (metrics[codec.NUM_EXAMPLES], metrics[codec.EMPTY]) == (0, 1)
+    out, reply, _, _ = call("absent", 1)  # partition 1 of attackers=1: honest
+    assert out is reply
+
+
 # --- one real round: the ClientApp's mod against the server's bounds -------------------------
 @pytest.mark.usefixtures("flower_task_identity", "one_torch_thread")
 def test_scale_attacker_in_a_real_round_is_clipped(tmp_path, flwr_log):
