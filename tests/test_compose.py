@@ -176,7 +176,21 @@ def test_repeated_blocks_come_from_anchors() -> None:
 def test_dockerfile_pins_cpu_torch_constraints_and_non_root_user() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "download.pytorch.org/whl/cpu" in text
-    assert "-c /opt/bitfed/constraints.txt" in text
+    # the arch picks the pinned set: amd64 (or no TARGETARCH: the classic builder) constraints.txt
+    # with PyTorch's CPU index, arm64 the device constraints (torch from PyPI, no CUDA index)
+    arches = {
+        arch: (constraints, index.strip())
+        for arch, constraints, index in re.findall(
+            r"^\s+(\S+)\) c=(/opt/bitfed/[\w.-]+); (index=[^;]*);", text, re.M
+        )
+    }
+    assert arches == {
+        '""|amd64': ("/opt/bitfed/constraints.txt", 'index="--index-url ${TORCH_INDEX}"'),
+        "arm64": ("/opt/bitfed/constraints-device-aarch64.txt", "index="),
+    }
+    pip_lines = re.findall(r"pip install .*", text)
+    assert len(pip_lines) == 3 and all("constraints.active.txt" in p for p in pip_lines[1:])
+    assert "/opt/bitfed/constraints.txt" not in "".join(pip_lines)
     assert re.search(r"useradd --uid 49999", text) and re.search(r"^USER app$", text, re.M)
     assert "HOME=/app" in text and "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in text
     for source in ("core", "client", "server", "conf", "pyproject.toml", "constraints.txt"):
