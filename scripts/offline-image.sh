@@ -23,9 +23,16 @@
 # by scripts/pip_aarch64.py with constraints-device-aarch64.txt, plus pure-Python wheels built
 # here for sdist-only packages), `docker build --platform linux/arm64 --build-arg
 # TARGETARCH=arm64`; tags bitfed:<version>-arm64 and bitfed:src-<hash>-<extras>-arm64. The build
-# runs pip under emulation: expect about half an hour, once.
+# runs pip under emulation: expect about half an hour, once. Docker 20.10's classic builder (no
+# buildx here) fails `docker build --platform linux/arm64` at the first COPY after a RUN (it
+# labels each committed step with the host's arch, then asks for an arm64 one), so the arm64
+# build runs without --platform (the base image is arm64, its RUN steps run under qemu) and the
+# finished image is relabelled linux/arm64/v8 (docker save, config edited, docker load: same
+# layers). The unrelabelled build stays tagged bitfed-build-cache:<version>-arm64 so that a
+# source change reuses its layers (torch is not reinstalled).
 #
-# Environment: BITFED_PLATFORM (amd64, the default, or arm64), BITFED_EXTRAS (extras installed in the image, default "data"),
+# Environment: BITFED_PLATFORM (amd64, the default, or arm64),
+# BITFED_EXTRAS (extras installed in the image, default "data"),
 # BITFED_BUILD_CPU_SHARES (CPU weight of the build's containers, e.g. 2 to yield to other work;
 # default: Docker's 1024),
 # BITFED_DEBIAN_MIRROR (default: the first Debian URI in /etc/apt/sources*),
@@ -42,12 +49,14 @@ case "$PLATFORM" in
 amd64)
     BASE_IMAGE="bitfed-base:bookworm"
     WHEELHOUSE="build/wheelhouse"
+    DEFAULT_PORT=38017
     CONSTRAINTS="constraints.txt"
     SUFFIX=""
     ;;
 arm64)
     BASE_IMAGE="bitfed-base:bookworm-arm64"
     WHEELHOUSE="build/wheelhouse-arm64"
+    DEFAULT_PORT=38018 # an amd64 build may serve its wheelhouse at the same time
     CONSTRAINTS="constraints-device-aarch64.txt"
     SUFFIX="-arm64"
     ;;
@@ -56,7 +65,7 @@ arm64)
     exit 1
     ;;
 esac
-PORT="${BITFED_WHEEL_PORT:-38017}"
+PORT="${BITFED_WHEEL_PORT:-$DEFAULT_PORT}"
 PY="${BITFED_PYTHON:-}"
 [ -n "$PY" ] || { [ -x .venv/bin/python ] && PY=.venv/bin/python; } || PY=python3
 
@@ -135,16 +144,16 @@ EOF
 }
 
 make_wheelhouse() {
-    local reqs stamp
+    local reqs
     mkdir -p "$WHEELHOUSE"
     reqs="$WHEELHOUSE/requirements.txt"
     requirements >"$reqs.new"
-    stamp="$WHEELHOUSE/.stamp-$(cat "$reqs.new" "$CONSTRAINTS" | sha256sum | cut -c1-16)"
+    STAMP="$WHEELHOUSE/.stamp-$(cat "$reqs.new" "$CONSTRAINTS" | sha256sum | cut -c1-16)"
     mv "$reqs.new" "$reqs"
-    [ -f "$stamp" ] && return
+    [ -f "$STAMP" ] && return
     if [ "$PLATFORM" = arm64 ]; then
         make_wheelhouse_arm64 "$reqs"
-        touch "$stamp"
+        touch "$STAMP"
         return
     fi
     say "pip wheel into $WHEELHOUSE (extras: ${EXTRAS:-none})"
@@ -154,7 +163,7 @@ make_wheelhouse() {
         fail "pip wheel failed; is the package index reachable from this host?"
     ls "$WHEELHOUSE"/torch-*+cpu-*.whl >/dev/null 2>&1 ||
         fail "no CPU torch wheel in $WHEELHOUSE (pip chose another build of torch)"
-    touch "$stamp"
+    touch "$STAMP"
 }
 
 # aarch64 wheels resolved here as an aarch64 bookworm device's pip would (binary only,
@@ -175,6 +184,32 @@ make_wheelhouse_arm64() {
         fail "aarch64 wheel download failed; is the package index reachable from this host?"
     ls "$WHEELHOUSE"/torch-*-manylinux*_aarch64.whl >/dev/null 2>&1 ||
         fail "no aarch64 torch wheel in $WHEELHOUSE"
+}
+
+# Load the image `docker save $1` with its config's architecture set to $PLATFORM (variant v8
+# for arm64) under the tags $2...; its layers are unchanged.
+relabel() {
+    local built="$1" dir
+    shift
+    dir="$(mktemp -d "${TMPDIR:-/tmp}/bitfed-relabel.XXXXXX")"
+    docker save "$built" | tar -C "$dir" -x || fail "docker save $built failed"
+    "$PY" - "$dir" "$PLATFORM" "$@" <<'EOF' || fail "relabelling $built failed"
+import hashlib, json, pathlib, sys
+root, arch, tags = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+(entry,) = manifest = json.loads((root / "manifest.json").read_text())
+old = root / entry["Config"]
+config = json.loads(old.read_bytes())
+config.update(architecture=arch, os="linux", **({"variant": "v8"} if arch == "arm64" else {}))
+data = json.dumps(config, separators=(",", ":")).encode()
+entry["Config"] = f"{hashlib.sha256(data).hexdigest()}.json"
+old.unlink()
+(root / entry["Config"]).write_bytes(data)
+entry["RepoTags"] = tags
+(root / "manifest.json").write_text(json.dumps(manifest))
+(root / "repositories").unlink(missing_ok=True)
+EOF
+    tar -C "$dir" -c . | docker load >/dev/null || fail "docker load of the relabelled $built failed"
+    rm -rf "$dir"
 }
 
 source_hash() {
@@ -233,16 +268,19 @@ serve_wheelhouse
 say "docker build $TAG"
 started=$(date +%s)
 LOG="build/offline-image$SUFFIX.log"
-PLATFORM_ARGS=()
-[ "$PLATFORM" = amd64 ] || PLATFORM_ARGS=(--platform "linux/$PLATFORM" --build-arg TARGETARCH="$PLATFORM")
+BUILT_TAGS=(-t "$TAG" -t "bitfed:$VERSION")
+if [ "$PLATFORM" != amd64 ]; then
+    BUILT_TAGS=(--build-arg TARGETARCH="$PLATFORM" -t "bitfed-build-cache:$VERSION$SUFFIX")
+fi
 SHARES=()
 [ -z "${BITFED_BUILD_CPU_SHARES:-}" ] || SHARES=(--cpu-shares "$BITFED_BUILD_CPU_SHARES")
-docker build --network host "${SHARES[@]}" "${PLATFORM_ARGS[@]}" \
+docker build --network host "${SHARES[@]}" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" \
     --build-arg PIP_NO_INDEX=1 \
     --build-arg PIP_FIND_LINKS="http://127.0.0.1:$PORT/" \
     --build-arg BITFED_EXTRAS="$EXTRAS" \
     --label bitfed.source-tag="$TAG" \
-    -t "$TAG" -t "bitfed:$VERSION$SUFFIX" . >"$LOG" 2>&1 || fail "docker build failed; see $LOG"
+    "${BUILT_TAGS[@]}" . >"$LOG" 2>&1 || fail "docker build failed; see $LOG"
+[ "$PLATFORM" = amd64 ] || relabel "bitfed-build-cache:$VERSION$SUFFIX" "$TAG" "bitfed:$VERSION$SUFFIX"
 say "built $TAG in $(($(date +%s) - started)) s: $(docker image inspect -f '{{.Size}}' "$TAG") bytes"
 echo "$TAG"
