@@ -16,6 +16,7 @@ from server.deploy import SuperLinkSpec, TlsFiles, _parse, superlink_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE, TLS, STATE = "compose.yaml", "compose.tls.yaml", "compose.state.yaml"
+ARM64 = "compose.arm64.yaml"
 NUM_CLIENTS = 3
 SECRETS = "/run/secrets"
 DEVICE_STATE = "/app/device-state"  # the ClientApp's replica + residual (node config state-dir)
@@ -238,3 +239,19 @@ def test_dockerfile_default_is_the_online_build_and_offline_only_swaps_sources()
     ignored = (ROOT / ".dockerignore").read_text().split()
     for folder in ("tests", "benchmarks", ".venv", ".git", "build"):
         assert folder in ignored
+
+
+def test_arm64_overlay_runs_device_3_from_the_arm64_image_and_nothing_else(
+    compose_bin: str,
+) -> None:
+    plain = _config(compose_bin, BASE)["services"]
+    mixed = _config(compose_bin, BASE, ARM64)["services"]
+    assert set(mixed) == set(plain)  # the overlay adds no service
+    node = mixed["supernode-3"]
+    assert node["platform"] == "linux/arm64" and node["image"] == "bitfed:0.1.0-arm64"
+    assert {k: v for k, v in node.items() if k not in ("platform", "image")} == {
+        k: v for k, v in plain["supernode-3"].items() if k != "image"
+    }
+    for name, service in mixed.items():
+        if name != "supernode-3":
+            assert service == plain[name] and "platform" not in service, name
