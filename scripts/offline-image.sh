@@ -14,7 +14,8 @@
 # The image is tagged bitfed:<version> (what compose.yaml runs) and bitfed:src-<hash>, where
 # <hash> covers the Dockerfile, .dockerignore, constraints.txt, pyproject.toml, README.md, conf/
 # and every package pyproject lists; an image with that tag is reused, not rebuilt.
-# The last line printed is the source tag (tests/test_compose_e2e.py reads it).
+# The last line printed is the source tag (tests/test_compose_e2e.py reads it). A build also
+# writes build/offline-image[-arm64].json: its tag, platform, seconds, size in bytes and date.
 #
 # BITFED_PLATFORM=arm64 (`make image-offline-arm64`) builds the same Dockerfile for linux/arm64
 # under qemu-user (binfmt qemu-aarch64 with the F flag, as scripts/test-arm64.sh registers it):
@@ -282,5 +283,9 @@ docker build --network host "${SHARES[@]}" \
     --label bitfed.source-tag="$TAG" \
     "${BUILT_TAGS[@]}" . >"$LOG" 2>&1 || fail "docker build failed; see $LOG"
 [ "$PLATFORM" = amd64 ] || relabel "bitfed-build-cache:$VERSION$SUFFIX" "$TAG" "bitfed:$VERSION$SUFFIX"
-say "built $TAG in $(($(date +%s) - started)) s: $(docker image inspect -f '{{.Size}}' "$TAG") bytes"
+seconds=$(($(date +%s) - started))
+bytes="$(docker image inspect -f '{{.Size}}' "$TAG")"
+printf '{"tag": "%s", "platform": "linux/%s", "seconds": %d, "bytes": %d, "date": "%s"}\n' \
+    "$TAG" "$PLATFORM" "$seconds" "$bytes" "$(date -u '+%Y-%m-%d %H:%M UTC')" >"${LOG%.log}.json"
+say "built $TAG in $seconds s: $bytes bytes"
 echo "$TAG"
