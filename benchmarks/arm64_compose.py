@@ -12,10 +12,10 @@ valid/sampled replies, seconds per round, every container's cgroup peak
 that of the qemu-user process, translation cache included), the arm64 image's size and build
 time, and proof that device 3 ran aarch64 code (``uname -m`` in it, the image's architecture).
 
-While compose.yaml still runs each device as a SuperNode plus a ClientApp-executor container,
-the devices are run in the one-container form the overlay is written for (each SuperNode with
-``--isolation subprocess``, no executors), as ``benchmarks.compose --one-container-devices``
-does. Without a Docker engine or qemu-aarch64's binfmt handler the result says skipped.
+Each device is one container (a SuperNode with ``--isolation subprocess`` starting its
+ClientApps); the emulated one gets ``--arm64-memory`` (default 1g, a run-only override: qemu-user
+and its translation cache sit on top of the guest), the others keep compose.yaml's cap. Without
+a Docker engine or qemu-aarch64's binfmt handler the result says skipped.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ __all__ = ["OVERLAY", "ARM64_DEVICE", "arm64_problem", "build_images", "measure"
 OVERLAY = "compose.arm64.yaml"
 ARM64_DEVICE = 3
 BINFMT = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
-BUILD_LINE = "offline-image.sh: built "
 METRIC_LINE = "Aggregated MetricRecord: "
 
 
@@ -64,8 +63,8 @@ def arm64_problem() -> str | None:
     return None
 
 
-def _offline_image(platform: str, timeout: float) -> tuple[str, float | None]:
-    """``scripts/offline-image.sh`` for ``platform``: source tag, build seconds (None: reused)."""
+def _offline_image(platform: str, timeout: float) -> str:
+    """``scripts/offline-image.sh`` for ``platform``: the source tag it built or reused."""
     proc = subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / "offline-image.sh")],
         cwd=REPO_ROOT,
@@ -80,18 +79,23 @@ def _offline_image(platform: str, timeout: float) -> tuple[str, float | None]:
         raise RuntimeError(
             f"offline-image.sh ({platform}) failed (exit {proc.returncode}): {detail}"
         )
-    built = [line for line in proc.stderr.splitlines() if line.startswith(BUILD_LINE)]
-    seconds = float(built[-1].split(" in ", 1)[1].split(" s", 1)[0]) if built else None
-    return lines[-1], seconds
+    return lines[-1]
+
+
+def _build_record(tag: str) -> dict[str, Any] | None:
+    """What offline-image.sh wrote when it built ``tag`` (None: built elsewhere or earlier)."""
+    path = REPO_ROOT / "build" / "offline-image-arm64.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("tag") == tag else None
 
 
 def build_images(args: argparse.Namespace) -> dict[str, Any]:
     """The amd64 and arm64 tags with one version (compose: ``bitfed:V``, ``bitfed:V-arm64``)."""
-    amd64 = args.image or _offline_image("amd64", 3600)[0]
-    if args.arm64_image:
-        arm64, seconds = args.arm64_image, None
-    else:
-        arm64, seconds = _offline_image("arm64", 3 * 3600)
+    amd64 = args.image or _offline_image("amd64", 3600)
+    arm64 = args.arm64_image or _offline_image("arm64", 3 * 3600)
     if arm64 != f"{amd64}-arm64":
         subprocess.run(["docker", "tag", arm64, f"{amd64}-arm64"], check=True, timeout=60)
     info = json.loads(_docker("image", "inspect", f"{amd64}-arm64"))[0]
@@ -100,7 +104,8 @@ def build_images(args: argparse.Namespace) -> dict[str, Any]:
         "arm64": arm64,
         "arm64_bytes": info["Size"],
         "arm64_architecture": _architecture(f"{amd64}-arm64"),
-        "arm64_build_seconds": seconds if seconds is not None else args.arm64_build_seconds,
+        "arm64_build": _build_record(arm64),
+        "arm64_full_build_seconds": args.arm64_full_build_seconds,
         "amd64_bytes": json.loads(_docker("image", "inspect", amd64))[0]["Size"],
     }
 
@@ -161,20 +166,12 @@ class ClientAppPeaks:
             self._stop.wait(self.period)
 
 
-def _device_override(fed: Federation, workdir: Path) -> tuple[Path | None, list[str], str]:
-    """One-container devices while compose.yaml still has ClientApp executors (see the doc)."""
-    config = fed.config()["services"]
-    if f"superexec-clientapp-{ARM64_DEVICE}" not in config:
-        return None, [], "one container per device (compose.yaml)"
-    services, scale = {}, []
-    for k in range(1, NUM_DEVICES + 1):
-        command = config[f"supernode-{k}"]["command"]
-        at = command.index("--isolation") + 1
-        services[f"supernode-{k}"] = {"command": [*command[:at], "subprocess", *command[at + 1 :]]}
-        scale += ["--scale", f"superexec-clientapp-{k}=0"]
-    path = workdir / "one-container-devices.yaml"
-    path.write_text(json.dumps({"services": services}))  # JSON is YAML
-    return path, scale, "one container per device (SuperNode --isolation subprocess, override)"
+def _arm64_limit(workdir: Path, memory: str) -> Path:
+    """A run-only override: the emulated device's memory cap (qemu-user's own memory on top)."""
+    path = workdir / "arm64-device-memory.yaml"
+    limits = {"deploy": {"resources": {"limits": {"cpus": "1", "memory": memory}}}}
+    path.write_text(json.dumps({"services": {f"supernode-{ARM64_DEVICE}": limits}}))  # YAML
+    return path
 
 
 def _rounds_seen(lines: list[str], times: dict[int, float]) -> dict[str, Any]:
@@ -206,14 +203,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     rounds = 1 if args.quick else args.rounds
     images = build_images(args)
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bitfed-arm64-{secrets.token_hex(4)}"
-    files = [BASE, OVERLAY]
-    env = {"BITFED_SUPERNODE_MEMORY": args.device_memory}
-    probe = Federation(files, images["amd64"], workdir, env=env, port=args.port)
-    extra, scale, topology = _device_override(probe, workdir)
-    if extra is not None:
-        files.append(str(extra))
+    workdir.mkdir(parents=True)
+    files = [BASE, OVERLAY, str(_arm64_limit(workdir, args.arm64_memory))]
     project = f"bitfed-arm64-{secrets.token_hex(3)}"
-    fed = Federation(files, images["amd64"], workdir, env=env, project=project, port=args.port)
+    fed = Federation(files, images["amd64"], workdir, project=project, port=args.port)
     overrides = federation_overrides(
         rounds,
         **{
@@ -225,7 +218,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     arrivals: dict[int, float] = {}
     try:
         started = time.monotonic()
-        fed.up(*scale, timeout=600)
+        fed.up(timeout=600)
         services = fed.services()
         device = f"supernode-{ARM64_DEVICE}"
         machine = fed.exec(device, "uname", "-m", timeout=120).strip()
@@ -267,8 +260,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "devices": NUM_DEVICES,
             "arm64_device": ARM64_DEVICE,
             "files": [Path(f).name for f in files],
-            "topology": topology,
-            "device_memory": args.device_memory,
+            "arm64_device_memory": args.arm64_memory,
             "round_timeout": args.round_timeout,
             "port": args.port,
             "project": project,
@@ -319,13 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", help="amd64 image tag (default: scripts/offline-image.sh)")
     parser.add_argument("--arm64-image", help="arm64 image tag (default: offline-image.sh arm64)")
     parser.add_argument(
-        "--arm64-build-seconds",
+        "--arm64-full-build-seconds",
         type=float,
         default=None,
-        help="the arm64 image's measured build time, recorded when --arm64-image is given",
+        help="a from-scratch arm64 build's time, measured before (offline-image-arm64.json), "
+        "when this image's build reused cached layers",
     )
     parser.add_argument(
-        "--device-memory", default="1g", help="memory cap of each one-container device"
+        "--arm64-memory",
+        default="1g",
+        help="memory cap of the emulated device (the others keep compose.yaml's)",
     )
     parser.add_argument("--round-timeout", type=float, default=3600.0)
     parser.add_argument("--run-timeout", type=float, default=5400.0)

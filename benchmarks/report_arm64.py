@@ -95,22 +95,32 @@ def render_arm64(res: dict[str, Any]) -> Doc:
 def render_arm64_compose(res: dict[str, Any]) -> Doc:
     """The mixed amd64/arm64 compose federation: image, rounds, replies, time, memory."""
     cfg, images, dev = res["config"], res["images"], res["arm64_device"]
-    build = images.get("arm64_build_seconds")
-    build_txt = "reused (not built in this run)" if build is None else f"{build / 60:.0f} min"
+    full, last = images.get("arm64_full_build_seconds"), images.get("arm64_build") or {}
+    builds = []
+    if full is not None:
+        builds.append(f"from scratch **{full:,.0f} s** ({full / 60:.0f} min)")
+    if last.get("seconds") is not None:
+        builds.append(
+            f"{'this image, reusing cached layers' if full is not None else 'this image'} "
+            f"{last['seconds']:,.0f} s ({last.get('date', '?')})"
+        )
+    build_txt = "; ".join(builds) or "not recorded (built elsewhere)"
     rounds = {int(k): v for k, v in res["rounds"].items()}
     done = sorted(k for k in rounds if k > 0)
     doc = [
         f"`compose.yaml` + `compose.arm64.yaml`: {cfg['devices']} devices, device "
         f"{cfg['arm64_device']} (`{dev['service']}`) from the linux/arm64 image under qemu-user "
         f"on the x86-64 Docker host, the SuperLink, the ServerApp executor and the other devices "
-        f"amd64; {cfg['topology']}; each device capped at {cfg['device_memory']}; the digits MLP, "
+        f"amd64; each device one container (a SuperNode starting its ClientApps), the emulated "
+        f"one capped at {cfg['arm64_device_memory']} for this run (the others at compose.yaml's "
+        f"cap); the digits MLP, "
         f"{cfg['rounds']} rounds submitted from the host with `bitfed-server --connect` "
         f"(`federation.round_timeout={cfg['round_timeout']:.0f}`).",
         "",
         f"- arm64 image `{images['arm64']}` ({images.get('arm64_architecture', '?')}): "
         f"**{images['arm64_bytes']:,} bytes** ({images['arm64_bytes'] / MIB:,.0f} MiB; amd64 "
         f"{images['amd64_bytes'] / MIB:,.0f} MiB); offline build under emulation "
-        f"(`make image-offline-arm64`): **{build_txt}**.",
+        f"(`make image-offline-arm64`): {build_txt}.",
         f"- device {cfg['arm64_device']} ran `uname -m` = `{dev['uname_m']}` and "
         f"{dev['clientapp_processes']} ClientApp process(es).",
         f"- **{'completed' if res['completed'] else 'did not complete'}**: {len(done)} of "

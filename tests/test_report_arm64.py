@@ -98,8 +98,7 @@ COMPOSE = {
         "rounds": 2,
         "devices": 3,
         "arm64_device": 3,
-        "topology": "one container per device (compose.yaml)",
-        "device_memory": "1g",
+        "arm64_device_memory": "1g",
         "round_timeout": 3600.0,
     },
     "images": {
@@ -108,7 +107,8 @@ COMPOSE = {
         "arm64_bytes": 1_300_000_000,
         "amd64_bytes": 1_200_000_000,
         "arm64_architecture": "linux/arm64/v8",
-        "arm64_build_seconds": 1800.0,
+        "arm64_full_build_seconds": 1800.0,
+        "arm64_build": {"seconds": 115, "date": "2026-12-02 07:35 UTC"},
     },
     "arm64_device": {"service": "supernode-3", "uname_m": "aarch64", "clientapp_processes": 2},
     "completed": True,
@@ -134,7 +134,8 @@ COMPOSE = {
 def test_compose_section_image_rounds_time_and_peaks():
     text = "\n".join(render_arm64_compose(COMPOSE))
     assert "**1,300,000,000 bytes** (1,240 MiB; amd64 1,144 MiB)" in text
-    assert "**30 min**" in text and "`uname -m` = `aarch64`" in text
+    assert "from scratch **1,800 s** (30 min); this image, reusing cached layers 115 s" in text
+    assert "`uname -m` = `aarch64`" in text and "capped at 1g" in text
     assert "**completed**: 2 of 2 rounds, every round with all replies valid" in text
     assert "**150 s per round** (200, 100 s)" in text
     assert _row(text, "| 2 |") == ["2", "0.8400", "3/3"]
@@ -144,10 +145,11 @@ def test_compose_section_image_rounds_time_and_peaks():
 
 def test_compose_section_says_so_when_a_round_lacked_a_reply():
     short = copy.deepcopy(COMPOSE) | {"all_replies_valid": False}
-    short["images"]["arm64_build_seconds"] = None
+    short["images"]["arm64_full_build_seconds"] = None
+    short["images"]["arm64_build"] = None
     text = "\n".join(render_arm64_compose(short))
     assert "**not every round had all replies valid**" in text
-    assert "reused (not built in this run)" in text
+    assert "not recorded (built elsewhere)" in text
 
 
 @pytest.mark.skipif(
