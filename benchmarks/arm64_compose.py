@@ -25,7 +25,9 @@ import ast
 import json
 import os
 import secrets
+import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -166,11 +168,68 @@ class ClientAppPeaks:
             self._stop.wait(self.period)
 
 
-def _arm64_limit(workdir: Path, memory: str) -> Path:
-    """A run-only override: the emulated device's memory cap (qemu-user's own memory on top)."""
-    path = workdir / "arm64-device-memory.yaml"
-    limits = {"deploy": {"resources": {"limits": {"cpus": "1", "memory": memory}}}}
-    path.write_text(json.dumps({"services": {f"supernode-{ARM64_DEVICE}": limits}}))  # YAML
+#: Mounted into the emulated device only (``PYTHONPATH``), see its docstring.
+EMULATION_SITECUSTOMIZE = '''\
+"""qemu-user only (benchmarks/arm64_compose.py): Flower's SuperNode gives a ClientApp process
+HEARTBEAT_DEFAULT_INTERVAL (30 s, fixed) from launch to its first call; under emulation the
+ClientApp's imports alone take longer, so the token expires and the task is relaunched forever.
+This widens that window in the SuperNode's task store only (a real board imports in seconds)."""
+
+import importlib.abc
+import importlib.util
+import sys
+
+SECONDS = 600
+MODULES = {
+    "flwr.supercore.corestate.in_memory_corestate",
+    "flwr.supercore.corestate.sql_corestate",
+}
+
+
+class _Widen(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in MODULES:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            module.HEARTBEAT_DEFAULT_INTERVAL = SECONDS
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _Widen())
+'''
+EMULATION_NOTE = (
+    "Flower's fixed 30-s window from a ClientApp's launch to its first call "
+    "(HEARTBEAT_DEFAULT_INTERVAL in the SuperNode's task store) widened to 600 s in the emulated "
+    "device only: under qemu-user the ClientApp's imports alone take longer (~35 s measured), "
+    "so its task token expired and the task was relaunched without end"
+)
+
+
+def _arm64_override(workdir: Path, memory: str) -> Path:
+    """A run-only override of the emulated device: its memory cap (qemu-user's own memory on
+    top of the guest's) and :data:`EMULATION_SITECUSTOMIZE` on its ``PYTHONPATH``."""
+    site = workdir / "emulation"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(EMULATION_SITECUSTOMIZE)
+    for path in (workdir, site, site / "sitecustomize.py"):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # the containers run as uid 49999
+    service = {
+        "deploy": {"resources": {"limits": {"cpus": "1", "memory": memory}}},
+        "environment": {"PYTHONPATH": "/opt/bitfed-emulation"},
+        "volumes": [f"{site}:/opt/bitfed-emulation:ro"],
+    }
+    path = workdir / "arm64-device.yaml"
+    path.write_text(json.dumps({"services": {f"supernode-{ARM64_DEVICE}": service}}))  # YAML
     return path
 
 
@@ -204,7 +263,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     images = build_images(args)
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bitfed-arm64-{secrets.token_hex(4)}"
     workdir.mkdir(parents=True)
-    files = [BASE, OVERLAY, str(_arm64_limit(workdir, args.arm64_memory))]
+    files = [BASE, OVERLAY, str(_arm64_override(workdir, args.arm64_memory))]
     project = f"bitfed-arm64-{secrets.token_hex(3)}"
     fed = Federation(files, images["amd64"], workdir, project=project, port=args.port)
     overrides = federation_overrides(
@@ -261,6 +320,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "arm64_device": ARM64_DEVICE,
             "files": [Path(f).name for f in files],
             "arm64_device_memory": args.arm64_memory,
+            "emulation_patch": EMULATION_NOTE,
             "round_timeout": args.round_timeout,
             "port": args.port,
             "project": project,
@@ -325,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-timeout", type=float, default=3600.0)
     parser.add_argument("--run-timeout", type=float, default=5400.0)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: compose down
     return run_benchmark("arm64_compose", measure, _no_plot, args)
 
 

@@ -137,8 +137,10 @@ def render_arm64_compose(res: dict[str, Any]) -> Doc:
             else ""
         )
         + f"; the whole run {res['run_seconds']:.0f} s.",
-        "",
     ]
+    if cfg.get("emulation_patch"):
+        doc.append(f"- emulation only: {cfg['emulation_patch']}.")
+    doc.append("")
     rows = []
     for k in sorted(rounds):
         r = rounds[k]

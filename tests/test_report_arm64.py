@@ -99,6 +99,7 @@ COMPOSE = {
         "devices": 3,
         "arm64_device": 3,
         "arm64_device_memory": "1g",
+        "emulation_patch": "a window widened to 600 s",
         "round_timeout": 3600.0,
     },
     "images": {
@@ -138,6 +139,7 @@ def test_compose_section_image_rounds_time_and_peaks():
     assert "`uname -m` = `aarch64`" in text and "capped at 1g" in text
     assert "**completed**: 2 of 2 rounds, every round with all replies valid" in text
     assert "**150 s per round** (200, 100 s)" in text
+    assert "- emulation only: a window widened to 600 s." in text
     assert _row(text, "| 2 |") == ["2", "0.8400", "3/3"]
     assert _row(text, "| supernode-3 |") == ["supernode-3", "linux/arm64/v8", "700", "500"]
     assert _row(text, "| superlink |") == ["superlink", "?", "–", "–"]
