@@ -37,10 +37,10 @@
 # BITFED_BUILD_CPU_SHARES (CPU weight of the build's containers, e.g. 2 to yield to other work;
 # default: Docker's 1024),
 # BITFED_DEBIAN_MIRROR (default: the first Debian URI in /etc/apt/sources*),
-# BITFED_WHEEL_PORT (default 38017, arm64 38018; the next free one of the ten after it when taken: the port is
-# part of a build argument, so a fixed one keeps Docker's layer cache), BITFED_PYTHON (host
-# Python 3.11 with pip; default .venv). Two builds at once (e.g. amd64 and arm64) each serve
-# their own wheelhouse.
+# BITFED_WHEEL_PORT (default 38017, arm64 38018; the next free one of the ten after it when
+# taken: the port is part of a build argument, so a fixed one keeps Docker's layer cache),
+# BITFED_PYTHON (host Python 3.11 with pip; default .venv). Two builds at once (e.g. amd64 and
+# arm64) each serve their own wheelhouse.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,7 +57,7 @@ amd64)
 arm64)
     BASE_IMAGE="bitfed-base:bookworm-arm64"
     WHEELHOUSE="build/wheelhouse-arm64"
-    DEFAULT_PORT=38018 # an amd64 build may serve its wheelhouse at the same time
+    DEFAULT_PORT=38018 # its own layer cache key, and no race with an amd64 build
     CONSTRAINTS="constraints-device-aarch64.txt"
     SUFFIX="-arm64"
     ;;
