@@ -2,6 +2,10 @@
 # ClientApp processes they start), bitfed-server and bitfed-client. CPU-only torch; builds on
 # linux/amd64 and linux/arm64 (Raspberry Pi 4/5-class boards) alike:
 #   docker build -t bitfed:0.1.0 .            (compose.yaml does this for you)
+#   docker buildx build --platform linux/arm64 -t bitfed:0.1.0-arm64 .
+# TARGETARCH (BuildKit sets it; the classic builder needs --build-arg TARGETARCH=arm64) picks the
+# pinned set: constraints.txt on amd64, constraints-device-aarch64.txt on arm64 (the same pins
+# apart from torch: PyPI's CPU-only 2.9.1, which runs on every Armv8.0+ core).
 #
 # It installs the device/server set only: bitfed's core dependencies plus the extras in
 # BITFED_EXTRAS (default `data`: scikit-learn for the embedded digits, SciPy for SVHN). No Ray
@@ -42,34 +46,43 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/python/venv/bin:$PATH \
     HOME=/app
 
+# Empty (the classic builder without --build-arg) means amd64, today's build.
+ARG TARGETARCH
 RUN python -m venv /python/venv
-COPY constraints.txt /opt/bitfed/constraints.txt
-# torch first, from PyTorch's CPU index: on x86-64 the PyPI wheel is the multi-GB CUDA build.
-# (On arm64 that index serves the same CPU wheel PyPI does.) In the same layer (or it would
-# still ship), drop what only building C++ extensions or running a package's own test suite
-# needs: torch/include, torch/test, the test binaries and protoc in torch/bin, and every
-# site-packages `tests` folder (numpy, scipy, sympy, ...): about 290 MB no bitfed process opens.
-RUN pip install --index-url "${TORCH_INDEX}" \
-        "torch==$(sed -n 's/^torch==//p' /opt/bitfed/constraints.txt)" \
+COPY constraints.txt constraints-device-aarch64.txt /opt/bitfed/
+# The arch's constraints file, linked as /opt/bitfed/constraints.active.txt for every pip line.
+# torch first. amd64: from PyTorch's CPU index (PyPI's x86-64 wheel is the multi-GB CUDA build).
+# arm64: from PyPI, torch 2.9.1 (PyPI's aarch64 2.11+ require CUDA packages; 2.10.0 dies with
+# SIGILL on Armv8.0 cores). In the same layer (or it would still ship), drop what only building
+# C++ extensions or running a package's own test suite needs: torch/include, torch/test, the test
+# binaries and protoc in torch/bin, and every site-packages `tests` folder (numpy, scipy, sympy,
+# ...): about 290 MB no bitfed process opens.
+RUN case "${TARGETARCH}" in \
+        ""|amd64) c=/opt/bitfed/constraints.txt; index="--index-url ${TORCH_INDEX}" ;; \
+        arm64) c=/opt/bitfed/constraints-device-aarch64.txt; index= ;; \
+        *) echo "TARGETARCH=${TARGETARCH}: only amd64 and arm64 are supported" >&2; exit 1 ;; \
+    esac \
+    && ln -s "$c" /opt/bitfed/constraints.active.txt \
+    && pip install $index "torch==$(sed -n 's/^torch==//p' "$c")" \
     && torch_dir="$(python -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("torch").origin))')" \
     && rm -rf "$torch_dir/include" "$torch_dir/test" \
     && find "$torch_dir/bin" -type f ! -name torch_shm_manager -delete \
     && find /python/venv/lib -depth -type d -name tests -exec rm -rf {} +
 
-# Then bitfed's dependencies with exactly the tested, pinned set (torch 2.13.0+cpu satisfies
-# torch==2.13.0), read from pyproject.toml so that a source change does not reinstall them.
+# Then bitfed's dependencies with exactly the tested, pinned set of the arch (torch 2.13.0+cpu
+# satisfies torch==2.13.0), read from pyproject.toml so that a source change does not reinstall them.
 COPY pyproject.toml /opt/bitfed/pyproject.toml
 RUN python -c "import sys, tomllib; p = tomllib.load(open(sys.argv[1], 'rb'))['project']; \
 extras = [e for e in sys.argv[2].split(',') if e]; \
 print('\n'.join(p['dependencies'] + [r for e in extras for r in p['optional-dependencies'][e]]))" \
         /opt/bitfed/pyproject.toml "${BITFED_EXTRAS}" > /tmp/requirements.txt \
-    && pip install -c /opt/bitfed/constraints.txt -r /tmp/requirements.txt \
+    && pip install -c /opt/bitfed/constraints.active.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt \
     && find /python/venv/lib -depth -type d -name tests -exec rm -rf {} +
 
 # Every package pyproject.toml lists (.dockerignore keeps tests, benchmarks and caches out).
 COPY . /opt/bitfed
-RUN pip install --no-deps -c /opt/bitfed/constraints.txt -e /opt/bitfed
+RUN pip install --no-deps -c /opt/bitfed/constraints.active.txt -e /opt/bitfed
 
 RUN groupadd --gid 49999 app \
     && useradd --uid 49999 --gid 49999 --home-dir /app --create-home --shell /usr/sbin/nologin app \

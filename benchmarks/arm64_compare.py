@@ -20,8 +20,10 @@ scikit-learn's digits file are needed, so it runs in the minimal arm64 environme
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from core.data.loader import ImageLoader
 from core.models import build_model
 from core.optim import build_optimizer
 
-__all__ = ["dump", "compare", "train", "RECIPES"]
+__all__ = ["dump", "compare", "train", "train_records", "RECIPES"]
 
 RECIPES = ("standard", "lowcost")
 BATCH = 100
@@ -152,15 +154,22 @@ def compare(path_a: Path, path_b: Path) -> list[str]:
     return lines
 
 
-def train(epochs: int, seeds: list[int], recipes: tuple[str, ...] = RECIPES) -> list[str]:
-    """Central digits training per recipe and seed: test accuracy after ``epochs`` epochs."""
+def train_records(
+    epochs: int, seeds: list[int], recipes: tuple[str, ...] = RECIPES
+) -> dict[str, Any]:
+    """Central digits training per recipe and seed: test accuracy after ``epochs`` epochs.
+
+    ``{"environment": …, "epochs", "batch", "runs": [{"recipe", "seed", "accuracy",
+    "seconds"}, …]}`` (one torch thread; ``seconds``: build, train and test of one run).
+    """
     from core.train import evaluate, fit
 
     torch.set_num_threads(1)
     train_set, test_set = load_digits("train"), load_digits("test")
-    lines = [str(_environment())]
+    runs = []
     for recipe in recipes:
         for seed in seeds:
+            started = time.perf_counter()
             torch.manual_seed(seed)
             model = build_model("mlp", recipe, 10, (1, 8, 8))
             optimizer = build_optimizer(model, recipe)
@@ -168,7 +177,26 @@ def train(epochs: int, seeds: list[int], recipes: tuple[str, ...] = RECIPES) -> 
             fit(model, optimizer, loader, epochs=epochs)
             test = ImageLoader(test_set, batch_size=BATCH, shuffle=False, raw=True)
             acc = evaluate(model, test).accuracy
-            lines.append(f"{recipe} seed {seed} epochs {epochs}: test accuracy {acc:.4f}")
+            runs.append(
+                {
+                    "recipe": recipe,
+                    "seed": seed,
+                    "accuracy": float(acc),
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            )
+    return {"environment": _environment(), "epochs": epochs, "batch": BATCH, "runs": runs}
+
+
+def train(epochs: int, seeds: list[int], recipes: tuple[str, ...] = RECIPES) -> list[str]:
+    """:func:`train_records` as lines: the environment, then one line per recipe and seed."""
+    records = train_records(epochs, seeds, recipes)
+    lines = [str(records["environment"])]
+    for run in records["runs"]:
+        lines.append(
+            f"{run['recipe']} seed {run['seed']} epochs {epochs}: "
+            f"test accuracy {run['accuracy']:.4f}"
+        )
     return lines
 
 
@@ -186,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--seeds", type=int, nargs="+", default=[0])
     t.add_argument("--recipes", nargs="+", default=list(RECIPES))
+    t.add_argument("--json", action="store_true", help="one JSON line (train_records) instead")
     args = parser.parse_args(argv)
     if args.command == "dump":
         result = dump(args.out, args.weights)
@@ -193,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             print(recipe, result[recipe]["losses"].tolist())
     elif args.command == "compare":
         print("\n".join(compare(args.a, args.b)))
+    elif args.json:
+        print(json.dumps(train_records(args.epochs, args.seeds, tuple(args.recipes))), flush=True)
     else:
         print("\n".join(train(args.epochs, args.seeds, tuple(args.recipes))), flush=True)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import MIB, REPO_ROOT, RESULTS_DIR, machine_line, read_json, write_bytes
+from benchmarks.report_arm64 import render_arm64, render_arm64_compose
 from benchmarks.report_bop import render_bop
 from benchmarks.report_compose import render_compose
 from benchmarks.report_energy import render_energy
@@ -37,6 +38,8 @@ ORDER = {
     "energy": "9. Energy per training step and per federated round (modelled)",
     "scale": "10. Simulation at scale: 1,000 to 100,000 clients",
     "compose": "11. Compose federation: device footprint and image",
+    "arm64": "12. aarch64 vs x86-64: the same training on both CPUs",
+    "arm64_compose": "12b. A compose federation with an arm64 device",
 }
 RECIPE_NOTE = (
     "`standard` is stock PyTorch BNN training (float32 latent weights, float32 autograd saving "
@@ -667,6 +670,8 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Doc]] = {
     "hostile-short": _hostile,
     "energy": render_energy,
     "compose": render_compose,
+    "arm64": render_arm64,
+    "arm64_compose": render_arm64_compose,
 }
 
 
@@ -907,9 +912,9 @@ def render(results: dict[str, dict[str, Any]], results_dir: Path, doc_dir: Path)
         + _run_log(results_dir, total)
         + " Reproduce with `make bench` "
         "(`python -m benchmarks.run_all`; `--quick` or `make bench-quick` for reduced settings "
-        "in a few minutes); sections 4b, 6 and 10 run only on request "
-        "(`make bench ARGS='--only federation30,hostile,scale'`); 4c and 8b are "
-        "`benchmarks.federation` runs with the options shown in their sections.",
+        "in a few minutes); sections 4b, 6, 10, 12 and 12b run only on request "
+        "(`make bench ARGS='--only federation30,hostile,scale,arm64,arm64_compose'`); 4c and 8b "
+        "are `benchmarks.federation` runs with the options shown in their sections.",
         "",
         "## At a glance",
         "",

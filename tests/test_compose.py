@@ -16,6 +16,7 @@ from server.deploy import SuperLinkSpec, TlsFiles, _parse, superlink_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE, TLS, STATE = "compose.yaml", "compose.tls.yaml", "compose.state.yaml"
+ARM64 = "compose.arm64.yaml"
 NUM_CLIENTS = 3
 SECRETS = "/run/secrets"
 DEVICE_STATE = "/app/device-state"  # the ClientApp's replica + residual (node config state-dir)
@@ -176,7 +177,21 @@ def test_repeated_blocks_come_from_anchors() -> None:
 def test_dockerfile_pins_cpu_torch_constraints_and_non_root_user() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "download.pytorch.org/whl/cpu" in text
-    assert "-c /opt/bitfed/constraints.txt" in text
+    # the arch picks the pinned set: amd64 (or no TARGETARCH: the classic builder) constraints.txt
+    # with PyTorch's CPU index, arm64 the device constraints (torch from PyPI, no CUDA index)
+    arches = {
+        arch: (constraints, index.strip())
+        for arch, constraints, index in re.findall(
+            r"^\s+(\S+)\) c=(/opt/bitfed/[\w.-]+); (index=[^;]*);", text, re.M
+        )
+    }
+    assert arches == {
+        '""|amd64': ("/opt/bitfed/constraints.txt", 'index="--index-url ${TORCH_INDEX}"'),
+        "arm64": ("/opt/bitfed/constraints-device-aarch64.txt", "index="),
+    }
+    pip_lines = re.findall(r"pip install .*", text)
+    assert len(pip_lines) == 3 and all("constraints.active.txt" in p for p in pip_lines[1:])
+    assert "/opt/bitfed/constraints.txt" not in "".join(pip_lines)
     assert re.search(r"useradd --uid 49999", text) and re.search(r"^USER app$", text, re.M)
     assert "HOME=/app" in text and "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in text
     for source in ("core", "client", "server", "conf", "pyproject.toml", "constraints.txt"):
@@ -224,3 +239,19 @@ def test_dockerfile_default_is_the_online_build_and_offline_only_swaps_sources()
     ignored = (ROOT / ".dockerignore").read_text().split()
     for folder in ("tests", "benchmarks", ".venv", ".git", "build"):
         assert folder in ignored
+
+
+def test_arm64_overlay_runs_device_3_from_the_arm64_image_and_nothing_else(
+    compose_bin: str,
+) -> None:
+    plain = _config(compose_bin, BASE)["services"]
+    mixed = _config(compose_bin, BASE, ARM64)["services"]
+    assert set(mixed) == set(plain)  # the overlay adds no service
+    node = mixed["supernode-3"]
+    assert node["platform"] == "linux/arm64" and node["image"] == "bitfed:0.1.0-arm64"
+    assert {k: v for k, v in node.items() if k not in ("platform", "image")} == {
+        k: v for k, v in plain["supernode-3"].items() if k != "image"
+    }
+    for name, service in mixed.items():
+        if name != "supernode-3":
+            assert service == plain[name] and "platform" not in service, name
