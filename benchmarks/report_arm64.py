@@ -84,7 +84,7 @@ def render_arm64(res: dict[str, Any]) -> Doc:
     if notes:
         doc += [
             "; ".join(notes) + ". Where they differ, the two torch builds' float32 results "
-            "differ in the last bits (for `standard` already the initial weights), and the "
+            "differ in the last bits, and the "
             "difference grows over the epochs into another run of the same training: compare "
             "the means.",
             "",

@@ -103,16 +103,15 @@ class SignActivation(nn.Module):
 def normal_init_(weight: Tensor, std: float) -> Tensor:
     """Fill ``weight`` with ``N(0, std^2)`` draws of torch's global generator, in place.
 
-    float32 weights (``standard``) are drawn in place, as they always were. 16-bit weights are
-    drawn in float64, then rounded to float32 and to their dtype, so a seed gives the same bits
-    on every CPU and torch version: torch's float16 ``normal_`` changed algorithm between 2.9
-    and 2.13, and its float32 one uses vectorized log/sin/cos approximations on AVX2 CPUs only
-    (38 % of the values a few float32 ulps apart from an aarch64 CPU's), while the float64
-    draws were bit-identical on x86-64 (torch 2.13) and aarch64 (2.9.1). The explicit float32
-    step matters: aarch64 casts float64 to float16 in one rounding, x86-64 via float32 (issue 19).
+    Every dtype is drawn in float64, then rounded to float32 (and to a 16-bit dtype), so a seed
+    gives the same bits on every CPU and torch version: torch's float16 ``normal_`` changed
+    algorithm between 2.9 and 2.13, and its float32 one uses vectorized log/sin/cos
+    approximations on AVX2 CPUs only (38 % of the values a few float32 ulps apart from an
+    aarch64 CPU's), while the float64 draws were bit-identical on x86-64 (torch 2.13) and
+    aarch64 (2.9.1). The explicit float32 step matters: aarch64 casts float64 to float16 in one
+    rounding, x86-64 via float32 (issue 19). ``standard``'s float32 weights were drawn with
+    float32 ``normal_`` before 2026-12-02 (its signs were the same on both; ulps were not).
     """
-    if weight.dtype == torch.float32:
-        return weight.normal_(0.0, std)
     draws = torch.empty(weight.shape, dtype=torch.float64).normal_(0.0, std)
     return weight.copy_(draws.float())
 
