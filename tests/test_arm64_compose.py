@@ -33,6 +33,7 @@ def test_rounds_carry_accuracy_replies_and_arrival_times():
 def test_sitecustomize_widens_only_the_task_store_window():
     name = "flwr.supercore.corestate.in_memory_corestate"
     finders = list(sys.meta_path)
+    imported = sys.modules.get(name)  # another test's import stays the module everyone holds
     try:
         exec(compile(EMULATION_SITECUSTOMIZE, "sitecustomize.py", "exec"), {})
         widen = sys.meta_path[0]
@@ -43,4 +44,7 @@ def test_sitecustomize_widens_only_the_task_store_window():
         assert module.HEARTBEAT_DEFAULT_INTERVAL == 600
     finally:
         sys.meta_path[:] = finders
-        sys.modules.pop(name, None)
+        if imported is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = imported
