@@ -28,7 +28,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,8 @@ from benchmarks.compose import (
     BASE,
     NUM_DEVICES,
     Federation,
-    _cgroup_dir,
+    PeakSampler,
     _clean_env,
-    _vm_hwm,
     container_memory,
     engine_problem,
     federation_overrides,
@@ -121,51 +119,6 @@ def _docker(*args: str) -> str:
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, check=True, timeout=600
     ).stdout
-
-
-class ClientAppPeaks:
-    """Per device service: the ClientApp processes seen in its cgroup and their peak VmHWM."""
-
-    def __init__(self, fed: Federation, services: list[str], period: float = 0.5):
-        self.cgroups = {}
-        for service in services:
-            found = _cgroup_dir(fed.inspect(service)["State"]["Pid"])
-            if found is not None:
-                self.cgroups[service] = found[0]
-        self.peaks: dict[str, int] = {}
-        self.pids: dict[str, set[int]] = {s: set() for s in services}
-        self.period = period
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> ClientAppPeaks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            for service, folder in self.cgroups.items():
-                try:
-                    pids = [int(p) for p in (folder / "cgroup.procs").read_text().split()]
-                except OSError:
-                    continue
-                for pid in pids:
-                    try:
-                        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                    except OSError:
-                        continue
-                    # under qemu-user the guest's argv follows the emulator's: look further in
-                    if not any(a.endswith(b"flwr-clientapp") for a in argv[:6]):
-                        continue
-                    hwm = _vm_hwm(pid)
-                    if hwm is not None:
-                        self.peaks[service] = max(self.peaks.get(service, 0), hwm)
-                        self.pids[service].add(pid)
-            self._stop.wait(self.period)
 
 
 #: Mounted into the emulated device only (``PYTHONPATH``), see its docstring.
@@ -289,8 +242,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 if head.isdigit():
                     arrivals[int(head)] = time.monotonic() - t0
 
-        with ClientAppPeaks(fed, [f"supernode-{k}" for k in range(1, NUM_DEVICES + 1)]) as apps:
+        nodes = [f"supernode-{k}" for k in range(1, NUM_DEVICES + 1)]
+        with PeakSampler(fed, nodes, period=0.5) as sampler:
             run = fed.submit(overrides, timeout=args.run_timeout, on_line=on_line)
+        apps = {
+            s: k["flwr-clientapp"] for s, k in sampler.processes().items() if "flwr-clientapp" in k
+        }
         containers = container_memory(fed, services)
         logs = fed.compose("logs", "--no-color", device, timeout=120, check=False).stdout
         metrics = json.loads(
@@ -331,7 +288,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "uname_m": machine,
             "platform": platforms.get(device),
             "image": images_of.get(device),
-            "clientapp_processes": len(apps.pids.get(device, ())),
+            "clientapp_processes": apps.get(device, {}).get("processes", 0),
             "log_lines": len(logs.splitlines()),
         },
         "completed": completed,
@@ -347,8 +304,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "run_seconds": round(run.seconds, 1),
         "wall_seconds": round(wall, 1),
         "containers": containers,
-        "clientapp_peak_rss": apps.peaks,
-        "clientapp_processes": {s: len(p) for s, p in apps.pids.items()},
+        "clientapp_peak_rss": {s: a["peak_rss"] for s, a in apps.items()},
+        "clientapp_processes": {s: a["processes"] for s, a in apps.items()},
         "platforms": platforms,
         "images_of": images_of,
         "workdir": str(workdir),

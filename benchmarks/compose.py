@@ -422,7 +422,8 @@ def _process_kind(pid: int) -> str | None:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    for arg in argv[:3]:
+    # python [-m] KIND ...; under qemu-user the emulator and the interpreter come first
+    for arg in argv[:6]:
         name = os.path.basename(arg.decode(errors="replace"))
         if name in PROCESS_KINDS:
             return name
