@@ -12,7 +12,14 @@ from core import codec
 from core.codec import ModelSpec, TensorSpec
 from core.config import ExperimentConfig, FederationConfig, StrategyConfig
 from glue.records import record_to_state, state_to_record
-from server.aggregate import bound_real, cap_examples, clip_scales, trimmed_mean
+from core.codec import SignUpdate, pack_signs
+from server.aggregate import (
+    aligned_mean,
+    bound_real,
+    cap_examples,
+    clip_scales,
+    trimmed_mean,
+)
 from server.strategies import build_strategy
 from tests.server.test_strategy import FakeGrid, make_reply
 
@@ -30,7 +37,7 @@ GLOBAL = {
     "bn.running_mean": np.zeros(2, np.float32),
     "bn.running_sigma": np.ones(2, np.float32),
 }
-A, B, C = 48, 80, 224  # packed signs: + + - - | + - + - | - - - +
+A, B, C, D = 48, 80, 224, 112  # packed signs: + + - - | + - + - | - - - + | + - - -
 # node: (packed signs, scale, examples, running mean, running sigma)
 HONEST = {
     11: (A, 0.5, 10, [1.0, 2.0], [0.5, 1.0]),
@@ -149,21 +156,39 @@ def test_majority_ignores_a_scale_x1000_reply():
     assert_same_state(hostile, honest)  # median of (0.5, 1, 0.25, x) is 0.75 for any x >= 1
 
 
-def test_aligned_gives_no_weight_to_a_reply_that_disagrees_with_the_majority(flwr_log):
-    new, metrics = aggregate([], rule="aligned", nodes=(11, 12, 13))
-    # votes [+, -, -, -]: A and B agree on 3 of 4 coordinates (trust 0.5), C on 2 (trust 0)
-    # step = (10 * 0.5 * 0.5 A + 30 * 0.5 * 1 B) / (10 * 0.5 + 30 * 0.5) = (2.5 A + 15 B) / 20
-    step = np.array([17.5, -12.5, 12.5, -17.5]) / 20
+def test_aligned_gives_no_weight_to_a_reply_that_disagrees_with_the_others(flwr_log):
+    new, metrics = aggregate([(D, 1.0, 20, [3.0, 4.0], [1.0, 2.0])], rule="aligned")
+    # each reply against the vote of the other three: A agrees +0 +0 +1 +1 = 0.5, B 0.5, D 1.0,
+    # C agrees on 1 of 4 and disagrees on 3 = -0.5; median 0.5, so trust A, B, D 1 and C 0
+    # step = (10 * 0.5 A + 30 * 1 B + 20 * 1 D) / (10 + 30 + 20)
+    step = np.array([55.0, -45.0, 5.0, -55.0]) / 60
     expected = GLOBAL["w"] + np.mean(np.abs(step)) * np.sign(step)
     np.testing.assert_allclose(new["w"], expected, rtol=1e-6)
     assert metrics["distrusted"] == 1
     assert any("no trust in" in m and "node(s) 13" in m for m in flwr_log)
 
 
+def test_aligned_leaves_each_reply_out_of_its_reference_vote():
+    """Weakly correlated replies (non-IID data): a flipper agrees with a vote it is part of."""
+    rng = np.random.default_rng(0)
+    n, numel = 10, 4096
+    common = rng.standard_normal(numel)
+    signs = np.sign(0.3 * common + rng.standard_normal((n, numel))).astype(np.float32)
+    signs[:2] *= -1  # two devices invert their honest signs
+    spec = ModelSpec((TensorSpec("w", (numel,), "sign"),))
+    updates = [SignUpdate({"w": pack_signs(s)}, {"w": 1.0}, {}) for s in signs]
+    _, trust = aligned_mean(updates, [1.0] * n, spec)
+    full_vote = np.sign(signs.sum(axis=0))
+    assert min(float(signs[i] @ full_vote) / numel for i in range(2)) > 0.1  # what it would get
+    assert [t["w"] for t in trust[:2]] == [0.0, 0.0]
+    assert all(t["w"] > 0.2 for t in trust[2:])
+    assert sum(t["w"] == 1.0 for t in trust) >= n // 2  # replies at or above the median: full
+
+
 @pytest.mark.parametrize("rule", ["aligned", "mean"])
 def test_a_sign_flipper_against_aligned_and_mean(rule):
     # three honest replies that mostly agree, and node 14 inverting the first one's signs
-    replies = {11: 48, 12: 32, 13: 112, 14: 192}  # ++--, ++-+, +---, --++
+    replies = {11: 48, 12: 48, 13: 112, 14: 192}  # ++--, ++--, +---, --++
     cfg = ExperimentConfig(
         strategy=StrategyConfig(name=rule),
         federation=FederationConfig(num_clients=4, clients_per_round=4, min_clients=2),
@@ -174,11 +199,12 @@ def test_a_sign_flipper_against_aligned_and_mean(rule):
         1, [reply(n, bits, 1.0, 10, [1.0, 2.0], [1.0, 2.0]) for n, bits in replies.items()]
     )
     change = record_to_state(arrays)["w"] - GLOBAL["w"]
-    if rule == "aligned":  # votes [+, 0, -, 0]: every honest reply has trust 0.5, node 14 none
-        honest = np.array([3.0, 1.0, -3.0, -1.0]) / 3  # the mean of the honest replies alone
+    if rule == "aligned":  # against the others' votes: each honest reply trust 0.5, 14 none
+        honest = np.array([3.0, 1.0, -3.0, -3.0]) / 3  # the mean of the honest replies alone
         np.testing.assert_allclose(change, np.mean(np.abs(honest)) * np.sign(honest), rtol=1e-6)
-    else:  # the plain mean cancels the honest majority on two coordinates
-        np.testing.assert_allclose(change, 0.25 * np.array([1.0, 1.0, -1.0, 1.0]), rtol=1e-6)
+    else:  # the plain mean: step [2, 0, -2, -2] / 4, the flipper cancels coordinate 1 and
+        # shrinks the step to 0.375 per coordinate (the honest mean alone: 0.83)
+        np.testing.assert_allclose(change, 0.375 * np.array([1.0, 1.0, -1.0, -1.0]), rtol=1e-6)
 
 
 def float32_reply(node, w, examples, mean, sigma):
