@@ -210,7 +210,14 @@ class LowCostBop(LowCostAdam):
         """Start each named layer's Bop moment from ``moments`` (as :meth:`moments` gives them).
 
         A moment of the wrong shape or with a non-finite value is skipped (that layer starts
-        from zero). Returns how many were loaded.
+        from zero). Where a loaded moment would flip the weight the model holds now at once
+        (``w m > tau``), it is reset to zero: after a client's own training no weight is in that
+        state (each one with ``w m > tau`` has flipped), so the model's weight there is the
+        federation's, and the moment is this client's evidence against it: its own flip that
+        the server's vote overruled, or another client's flip it disagreed with. Kept, it would
+        flip the weight back in the first step and train the rest of the round on a network the
+        federation rejected, with batch-norm state and biases fitted to that network (measured:
+        BENCHMARKS.md section 8b). Returns how many were loaded.
         """
         loaded = 0
         for name, layer in layers.items():
@@ -222,9 +229,19 @@ class LowCostBop(LowCostAdam):
             m = torch.as_tensor(value).to(torch.float16)
             if tuple(m.shape) != shape or not bool(torch.isfinite(m).all()):
                 continue
-            self.state[layer.weight_bits].update(step=0, moment=m.clone())
+            m = m.clone()
+            self._forget_overruled_(m, layer)
+            self.state[layer.weight_bits].update(step=0, moment=m)
             loaded += 1
         return loaded
+
+    def _forget_overruled_(self, moment: Tensor, layer: PackedGradLayer) -> None:
+        """Zero ``moment`` where it would flip ``layer``'s current weight at once (``w m > tau``)."""
+        tau = next(g["threshold"] for g in self.param_groups if "gamma" in g)
+        fan_in = moment.shape[1]
+        for r in batch_slices(moment.shape[0], fan_in, self.chunk):
+            w = bits_to_signs(layer.weight_bits[r], fan_in, torch.float32)
+            moment[r].masked_fill_(w * moment[r].float() > tau, 0.0)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load, keeping the Bop moments float16 (and the Adam moments as LowCostAdam does)."""

@@ -370,3 +370,25 @@ def test_fit_local_carries_bop_moments_from_round_to_round():
         flips[carry] = sum(int((after[k] != start[k]).sum()) for k in weight_names(model))
         assert bool(moments) == carry
     assert flips[False] == 0 < flips[True], flips
+
+
+def test_loaded_moments_that_would_flip_the_current_weight_at_once_are_forgotten():
+    """The federation's weight overrules a client's moment: w m > tau -> m = 0, the rest kept."""
+    from core.functional import bits_to_signs
+    from core.models import packed_weights_by_name
+
+    torch.manual_seed(0)
+    model = build_model("mlp", BOP, num_classes=4, in_shape=(1, 8, 8))
+    layers = packed_weights_by_name(model)
+    opt = build_optimizer(model, BOP, bop=BopConfig(gamma=0.5, threshold=0.25))
+    moments, expected = {}, {}
+    for name, layer in layers.items():
+        rows, fan_in = layer.weight_bits.shape[0], layer.weight[0].numel()
+        w = bits_to_signs(layer.weight_bits, fan_in, torch.float32)
+        m = (torch.rand(rows, fan_in) * 2 - 1).to(torch.float16)
+        moments[name] = m.numpy()
+        expected[name] = torch.where(w * m.float() > 0.25, torch.zeros_like(m), m)
+        assert 0 < int((w * m.float() > 0.25).sum()) < m.numel()  # some of each
+    assert opt.load_moments_(layers, moments) == len(layers)
+    loaded = opt.moments(layers)
+    assert all(torch.equal(loaded[k], expected[k]) for k in layers)
