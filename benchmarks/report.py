@@ -916,8 +916,8 @@ def render(results: dict[str, dict[str, Any]], results_dir: Path, doc_dir: Path)
         + " Reproduce with `make bench` "
         "(`python -m benchmarks.run_all`; `--quick` or `make bench-quick` for reduced settings "
         "in a few minutes); sections 4b, 4d, 6, 10, 12 and 12b run only on request "
-        "(`make bench ARGS='--only federation30,wire,hostile,scale,arm64,arm64_compose'`); 4c and 8b "
-        "are `benchmarks.federation` runs with the options shown in their sections.",
+        "(`make bench ARGS='--only federation30,wire,hostile,scale,arm64,arm64_compose'`); "
+        "4c and 8b are `benchmarks.federation` runs with the options shown in their sections.",
         "",
         "## At a glance",
         "",

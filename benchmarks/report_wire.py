@@ -31,23 +31,21 @@ def _kb(value: float) -> str:
     return f"{value / 1e3:,.1f}"
 
 
+def _updown(row: dict[str, float], n: int) -> str:
+    return f"{_kb(row['up'] / n)} / {_kb(row['down'] / n)}"
+
+
 def _phases(res: dict[str, Any]) -> Doc:
     runs, n = res["runs"], res["settings"]["devices"]
     header = ["kB per device (up / down)", *(f"`{label}`" for label in runs)]
-    rows = []
-    for key, title in PHASES:
-        rows.append([title, *(
-            f"{_kb(r['summary']['wire'][key]['up'] / n)} / {_kb(r['summary']['wire'][key]['down'] / n)}"
-            for r in runs.values()
-        )])  # fmt: skip
-    rows.append(["**total on the wire**", *(
-        f"**{_kb(r['summary']['wire']['total']['up'] / n)} / "
-        f"{_kb(r['summary']['wire']['total']['down'] / n)}**"
-        for r in runs.values()
-    )])  # fmt: skip
-    rows.append(["arrays payload the strategy counted", *(
-        f"{_kb(r['payload']['up'] / n)} / {_kb(r['payload']['down'] / n)}" for r in runs.values()
-    )])  # fmt: skip
+    rows = [
+        [title, *(_updown(r["summary"]["wire"][key], n) for r in runs.values())]
+        for key, title in PHASES
+    ]
+    wire = [f"**{_updown(r['summary']['wire']['total'], n)}**" for r in runs.values()]
+    rows.append(["**total on the wire**", *wire])
+    payload = [_updown(r["payload"], n) for r in runs.values()]
+    rows.append(["arrays payload the strategy counted", *payload])
     rows.append(["rounds completed", *(
         f"{r['completed_rounds']}/{r['rounds']}" + ("" if r["reliable"] else " (**failed**)")
         for r in runs.values()
