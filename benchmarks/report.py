@@ -18,6 +18,7 @@ from benchmarks.report_arm64 import render_arm64, render_arm64_compose
 from benchmarks.report_bop import render_bop
 from benchmarks.report_compose import render_compose
 from benchmarks.report_energy import render_energy
+from benchmarks.report_wire import render_wire
 
 __all__ = ["ORDER", "title_of", "load_results", "render", "write_report", "main"]
 
@@ -29,6 +30,7 @@ ORDER = {
     "federation": "4. Federation on MNIST: accuracy vs bytes",
     "federation30": "4b. Federation on MNIST: 30 rounds of one local epoch",
     "federation-compact": "4c. Federation with compact client state",
+    "wire": "4d. Bytes on the wire of a real deployment",
     "server_cost": "5. Server cost of aggregation",
     "hostile": "6. Hostile clients",
     "hostile-short": "6b. Hostile clients: shortened runs",
@@ -661,6 +663,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], Doc]] = {
     "federation": _federation,
     "federation30": _federation,
     "federation-compact": _federation_compact,
+    "wire": render_wire,
     "federation30-bop": _federation_bop,
     "scale": _scale,
     "server_cost": _server_cost,
@@ -912,9 +915,9 @@ def render(results: dict[str, dict[str, Any]], results_dir: Path, doc_dir: Path)
         + _run_log(results_dir, total)
         + " Reproduce with `make bench` "
         "(`python -m benchmarks.run_all`; `--quick` or `make bench-quick` for reduced settings "
-        "in a few minutes); sections 4b, 6, 10, 12 and 12b run only on request "
-        "(`make bench ARGS='--only federation30,hostile,scale,arm64,arm64_compose'`); 4c and 8b "
-        "are `benchmarks.federation` runs with the options shown in their sections.",
+        "in a few minutes); sections 4b, 4d, 6, 10, 12 and 12b run only on request "
+        "(`make bench ARGS='--only federation30,wire,hostile,scale,arm64,arm64_compose'`); "
+        "4c and 8b are `benchmarks.federation` runs with the options shown in their sections.",
         "",
         "## At a glance",
         "",

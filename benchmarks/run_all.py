@@ -38,17 +38,19 @@ BENCHMARKS = (
     "federation",
     "gpu",
     "federation30",
+    "wire",
     "hostile",
     "scale",
     "arm64",
     "arm64_compose",
 )
 #: What runs on request only (``--only``): ``federation30`` (the federation issue's 30 rounds
-#: of full local epochs, four runs, ~40 min on 2 cores), ``hostile`` (30 rounds x 5 seeds x 6
+#: of full local epochs, four runs, ~40 min on 2 cores), ``wire`` (two real deployments on
+#: loopback, three SuperNodes each, ~10 min), ``hostile`` (30 rounds x 5 seeds x 6
 #: federations), ``scale`` (1,000 to 100,000 clients, ~5 min), ``arm64`` (the aarch64 chroot
 #: under qemu: root) and ``arm64_compose`` (Docker, the arm64 image: ~30 min to build once).
 #: Their JSON, when present, is reported either way.
-ON_REQUEST = ("federation30", "hostile", "scale", "arm64", "arm64_compose")
+ON_REQUEST = ("federation30", "wire", "hostile", "scale", "arm64", "arm64_compose")
 DEFAULT = tuple(b for b in BENCHMARKS if b not in ON_REQUEST)
 
 

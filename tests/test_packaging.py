@@ -54,3 +54,26 @@ def test_wheel_lists_packages_explicitly() -> None:
     fab = PYPROJECT["tool"]["flwr"]["app"]["fab-include"]
     shipped = {pattern.split("/")[0] for pattern in fab}
     assert shipped == {"core", "glue", "client", "server", "conf"}
+
+
+def test_fab_leaves_out_only_modules_the_apps_never_import() -> None:
+    """``fab-exclude`` drops the command-line tools; no shipped module may import one of them."""
+    import ast
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    excluded = PYPROJECT["tool"]["flwr"]["app"]["fab-exclude"]
+    names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(ROOT))).namelist()
+    assert not set(excluded) & set(names) and "server/server_app.py" in names
+    dropped = {path.removesuffix(".py").replace("/", ".") for path in excluded}
+    for name in (n for n in names if n.endswith(".py")):
+        for node in ast.walk(ast.parse((ROOT / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported = {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                imported = {a.name for a in node.names}
+            else:
+                continue
+            assert not imported & dropped, f"{name} imports {imported & dropped}, not in the FAB"
