@@ -33,6 +33,7 @@ __all__ = [
     "REPO_ROOT",
     "RESULTS_DIR",
     "SkipBenchmark",
+    "git_commit",
     "machine_info",
     "machine_line",
     "set_threads",
@@ -95,7 +96,7 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """HEAD of the repository, ``+dirty`` when tracked files other than results have changes.
 
     Results (``benchmarks/results``, ``BENCHMARKS.md``) are what a run writes, not what it
@@ -145,7 +146,7 @@ def machine_info() -> dict[str, Any]:
         "flwr": _version("flwr"),
         "platform": platform.platform(),
         "cuda_device": cuda,
-        "git": _git_commit(),
+        "git": git_commit(),
         "date": utc_now(),
     }
 

@@ -35,6 +35,7 @@ from benchmarks.common import (
     SkipBenchmark,
     benchmark_parser,
     flower_env,
+    git_commit,
     mlp_federation,
     run_benchmark,
     save_figure,
@@ -183,6 +184,7 @@ def run_one(args: argparse.Namespace, key: dict[str, Any]) -> dict[str, Any]:
         "uplink_ratio": float(np.mean([r["uplink_ratio"] for r in rounds if "uplink_ratio" in r])),
         "wall_seconds": time.perf_counter() - t0,
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "git": git_commit(),  # the code that ran (an assembled result mixes revisions)
         "load_avg_1min": os.getloadavg()[0],
     }
 

@@ -562,7 +562,14 @@ def _runs_span(runs: list[dict[str, Any]]) -> str:
     minutes = sum(r.get("wall_seconds", 0.0) for r in runs) / 60
     loads = [r["load_avg_1min"] for r in runs if r.get("load_avg_1min") is not None]
     load = f", load average {min(loads):.1f}–{max(loads):.1f}" if loads else ""
-    return f"; they finished between {done[0]} and {done[-1]}, {minutes:.0f} minutes of runs{load}"
+    revisions: dict[str, int] = {}
+    for r in runs:
+        revisions[r.get("git") or "unrecorded"] = revisions.get(r.get("git") or "unrecorded", 0) + 1
+    code = ", ".join(f"{n} at git {rev}" for rev, n in revisions.items())
+    return (
+        f"; they finished between {done[0]} and {done[-1]}, {minutes:.0f} minutes of runs{load}"
+        f" (code: {code})"
+    )
 
 
 def _hostile(res: dict[str, Any]) -> Doc:
