@@ -471,6 +471,33 @@ def test_compact_state_section_renders_the_federation_table(tmp_path):
     assert "| IID | lowcost + aligned | 0.9012 |" in section
 
 
+def test_partial_participation_section_judges_every_round_after_the_first_fifth(tmp_path):
+    one_bit = _federation_run("Dirichlet(0.5)", "lowcost + aligned", "aligned", 0.90)
+    f32 = _federation_run("Dirichlet(0.5)", "float32 fedavg", "fedavg", 0.905)
+    # 10 rounds: round 2 is in the first fifth (its -10 pp is not judged), round 6 is -4 pp
+    one_bit["rounds"] = [{"round": k, "accuracy": a} for k, a in enumerate(
+        [0.1, 0.5, 0.6, 0.8, 0.85, 0.86, 0.84, 0.88, 0.89, 0.9, 0.90])]  # fmt: skip
+    f32["rounds"] = [{"round": k, "accuracy": a} for k, a in enumerate(
+        [0.1, 0.6, 0.7, 0.8, 0.86, 0.87, 0.88, 0.89, 0.90, 0.90, 0.905])]  # fmt: skip
+    f32["downlink_bytes_per_message"], f32["uplink_bytes_per_client_round"] = 1_650_000, 1_650_000
+    res = {
+        "name": "federation-partial",
+        "command": "python -m benchmarks.federation --name federation-partial --per-round 5",
+        "machine": MACHINE,
+        "seconds": 100.0,
+        "config": {"clients": 50, "clients_per_round": 5, "rounds": 10, "max_batches": 0,
+                   "batch_size": 100},  # fmt: skip
+        "runs": [one_bit, f32],
+    }
+    write_json(tmp_path / "federation-partial.json", res)
+    text = render(load_results(tmp_path), tmp_path, tmp_path)
+    section = text.split("## 4e. Federation with partial participation")[1].split("\n## ")[0]
+    assert "50 clients, 5 sampled at random each round" in section
+    assert "final -0.50 pp vs float32 FedAvg (**met**" in section
+    assert "round 6, -4.00 pp (**missed**" in section
+    assert "(30.0× fewer), uplink 28.9× fewer" in section
+
+
 def _scale_run(population, per_round, bytes_per_client):
     return {
         "population": population,
