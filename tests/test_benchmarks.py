@@ -485,8 +485,13 @@ def test_partial_participation_section_judges_every_round_after_the_first_fifth(
         "command": "python -m benchmarks.federation --name federation-partial --per-round 5",
         "machine": MACHINE,
         "seconds": 100.0,
-        "config": {"clients": 50, "clients_per_round": 5, "rounds": 10, "max_batches": 0,
-                   "batch_size": 100},  # fmt: skip
+        "config": {
+            "clients": 50,
+            "clients_per_round": 5,
+            "rounds": 10,
+            "max_batches": 0,
+            "batch_size": 100,
+        },  # fmt: skip
         "runs": [one_bit, f32],
     }
     write_json(tmp_path / "federation-partial.json", res)
