@@ -216,8 +216,9 @@ class LowCostBop(LowCostAdam):
         federation's, and the moment is this client's evidence against it: its own flip that
         the server's vote overruled, or another client's flip it disagreed with. Kept, it would
         flip the weight back in the first step and train the rest of the round on a network the
-        federation rejected, with batch-norm state and biases fitted to that network (measured:
-        BENCHMARKS.md section 8b). Returns how many were loaded.
+        federation rejected, with batch-norm state and biases fitted to that network (10-client
+        MNIST, 30 rounds, BENCHMARKS.md section 8b: final accuracy 0.798 before, 0.891 with the
+        reset). Returns how many were loaded.
         """
         loaded = 0
         for name, layer in layers.items():
