@@ -237,7 +237,7 @@ class LowCostBop(LowCostAdam):
         return loaded
 
     def _forget_overruled_(self, moment: Tensor, layer: PackedGradLayer) -> None:
-        """Zero ``moment`` where it would flip ``layer``'s current weight at once (``w m > tau``)."""
+        """Zero ``moment`` where it would flip the current weight at once (``w m > tau``)."""
         tau = next(g["threshold"] for g in self.param_groups if "gamma" in g)
         fan_in = moment.shape[1]
         for r in batch_slices(moment.shape[0], fan_in, self.chunk):

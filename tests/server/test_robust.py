@@ -9,10 +9,9 @@ import pytest
 from flwr.app import ConfigRecord
 
 from core import codec
-from core.codec import ModelSpec, TensorSpec
+from core.codec import ModelSpec, SignUpdate, TensorSpec, pack_signs
 from core.config import ExperimentConfig, FederationConfig, StrategyConfig
 from glue.records import record_to_state, state_to_record
-from core.codec import SignUpdate, pack_signs
 from server.aggregate import (
     aligned_mean,
     bound_real,
