@@ -38,7 +38,7 @@ from benchmarks.compose import (
     NUM_DEVICES,
     Federation,
     PeakSampler,
-    _clean_env,
+    build_image,
     container_memory,
     engine_problem,
     federation_overrides,
@@ -63,25 +63,6 @@ def arm64_problem() -> str | None:
     return None
 
 
-def _offline_image(platform: str, timeout: float) -> str:
-    """``scripts/offline-image.sh`` for ``platform``: the source tag it built or reused."""
-    proc = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / "offline-image.sh")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_clean_env({"BITFED_PLATFORM": platform}),
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines or not lines[-1].startswith("bitfed:"):
-        detail = " ".join(proc.stderr.split())[-400:]
-        raise RuntimeError(
-            f"offline-image.sh ({platform}) failed (exit {proc.returncode}): {detail}"
-        )
-    return lines[-1]
-
-
 def _build_record(tag: str) -> dict[str, Any] | None:
     """What offline-image.sh wrote when it built ``tag`` (None: built elsewhere or earlier)."""
     path = REPO_ROOT / "build" / "offline-image-arm64.json"
@@ -94,8 +75,8 @@ def _build_record(tag: str) -> dict[str, Any] | None:
 
 def build_images(args: argparse.Namespace) -> dict[str, Any]:
     """The amd64 and arm64 tags with one version (compose: ``bitfed:V``, ``bitfed:V-arm64``)."""
-    amd64 = args.image or _offline_image("amd64", 3600)
-    arm64 = args.arm64_image or _offline_image("arm64", 3 * 3600)
+    amd64 = args.image or build_image(timeout=3600, platform="amd64")
+    arm64 = args.arm64_image or build_image(timeout=3 * 3600, platform="arm64")
     if arm64 != f"{amd64}-arm64":
         subprocess.run(["docker", "tag", arm64, f"{amd64}-arm64"], check=True, timeout=60)
     info = json.loads(_docker("image", "inspect", f"{amd64}-arm64"))[0]

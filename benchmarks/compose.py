@@ -88,12 +88,13 @@ def engine_problem() -> str | None:
     return None
 
 
-def build_image(root: Path = ROOT, timeout: float = 3600.0) -> str:
+def build_image(root: Path = ROOT, timeout: float = 3600.0, platform: str | None = None) -> str:
     """Build (or reuse) the image with ``scripts/offline-image.sh``; return its source tag.
 
+    ``platform`` (``amd64``/``arm64``) is passed as ``BITFED_PLATFORM``; without it,
     ``BITFED_IMAGE=TAG`` in the environment skips the build and uses that image.
     """
-    if os.environ.get("BITFED_IMAGE"):
+    if platform is None and os.environ.get("BITFED_IMAGE"):
         return os.environ["BITFED_IMAGE"]
     proc = subprocess.run(
         ["bash", str(root / "scripts" / "offline-image.sh")],
@@ -101,12 +102,13 @@ def build_image(root: Path = ROOT, timeout: float = 3600.0) -> str:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_clean_env(),
+        env=_clean_env({"BITFED_PLATFORM": platform} if platform else None),
     )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines or not lines[-1].startswith("bitfed:"):
         detail = " ".join((proc.stderr or proc.stdout).split())[-400:]
-        raise RuntimeError(f"scripts/offline-image.sh failed (exit {proc.returncode}): {detail}")
+        what = f"scripts/offline-image.sh ({platform})" if platform else "scripts/offline-image.sh"
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {detail}")
     return lines[-1]
 
 
