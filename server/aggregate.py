@@ -72,55 +72,70 @@ def mean_of_signs(
 
 def aligned_mean(
     updates: Sequence[SignUpdate], weights: Sequence[float], spec: ModelSpec
-) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
+) -> tuple[dict[str, np.ndarray], list[float]]:
     """Mean of ``scale * sign`` with each reply weighted by its agreement with the others' vote.
 
-    Per weight tensor ``k``: the vote of the *other* replies ``v_ikj = sign(sum_{l != i}
-    sign_lkj)`` (0 on a tie), each reply's agreement ``a_ik = mean_j sign_ikj v_ikj``, its trust
-    relative to the round's median agreement ``m_k = median_i a_ik``,
-    ``t_ik = clip(a_ik / m_k, 0, 1)`` (``max(a_ik, 0)`` when ``m_k <= 0``), and
-    ``step_k = sum_i w_i t_ik s_ik sign_ik / sum_i w_i t_ik`` (zero where no reply is trusted).
-    The trust score is FLTrust's ReLU-clipped agreement (Cao et al., arXiv 2012.13995) with a
-    coordinate-wise majority (Bernstein et al., arXiv 1810.05291) as the reference, so it needs
-    no server data. The reference leaves the reply out: a reply's own sign is one of the n votes,
-    and where the replies are only weakly correlated (non-IID data, late rounds) that alone makes
-    every reply agree with the full vote by about 1/4 for n = 10, a reply that inverts its signs
-    included. Against the others' vote, a reply that inverts its signs (``a < 0``), sends random
-    ones (``a ~ 0``) or inverts a large share of them gets little or no weight. Dividing by the
-    median keeps every honest reply that agrees at least as much as the typical one at full
-    weight (the rule is then the plain mean on clean rounds), and the median cannot be pulled
-    past an honest agreement while fewer than half the replies are hostile. Two passes over
-    each tensor (votes, then agreement and sum) plus one for the agreements: memory O(numel), not
-    O(n numel). Returns the step and, per reply, its trust in each tensor.
+    For reply ``i``, the vote of the *other* replies on each weight coordinate is
+    ``v_ij = sign(sum_{l != i} sign_lj)`` (0 on a tie) and its agreement over the whole model is
+    ``a_i = (1/N) sum_j sign_ij v_ij`` (``N`` the number of sign coordinates of all tensors, so
+    each tensor counts by its size). Its trust is relative to the round's median agreement
+    ``m = median_i a_i``: ``t_i = clip(a_i / m, 0, 1)`` (``max(a_i, 0)`` when ``m <= 0``), and
+    ``step_k = sum_i w_i t_i s_ik sign_ik / sum_i w_i t_i`` per tensor (zero where no reply is
+    trusted). The trust score is FLTrust's ReLU-clipped agreement (Cao et al., arXiv 2012.13995)
+    with a coordinate-wise majority (Bernstein et al., arXiv 1810.05291) as the reference, so it
+    needs no server data.
+
+    Two choices make it hold on label-skewed data, where honest replies are weakly correlated:
+
+    - *The reference leaves the reply out.* A reply's own sign is one of the n votes, and with
+      weakly correlated replies that alone makes every reply agree with the full vote by about
+      1/4 for n = 10, a reply that inverts its signs included.
+    - *One trust per reply, over the whole model.* Per tensor, an honest reply can disagree
+      with the others on the class-specific tensors (the last layer) so that its inverse agrees
+      there: a sign flipper then kept weight in exactly the tensors that decide the classes.
+      Over the whole model an inverted reply's agreement is negative. The price: a reply that
+      is honest in the large tensors and hostile only in a small one keeps its weight there
+      (bounded by ``strategy.scale_clip`` like any reply's).
+
+    Dividing by the median keeps every reply that agrees at least as much as the typical one at
+    full weight (the rule is then the plain mean on clean rounds), and the median cannot be
+    pulled past an honest agreement while fewer than half the replies are hostile. Memory: the
+    vote counts of the whole model (int16 per coordinate) plus one tensor at a time. Returns the
+    step and each reply's trust.
     """
-    trust: list[dict[str, float]] = [{} for _ in updates]
+    count_dtype = np.int16 if len(updates) < np.iinfo(np.int16).max else np.int32
+    votes = {}
+    for t in spec.sign:
+        votes[t.name] = np.zeros(t.numel, dtype=count_dtype)
+        for u in updates:
+            votes[t.name] += unpack_signs(u.signs[t.name], t.numel).astype(count_dtype)
+    total_numel = sum(t.numel for t in spec.sign)
+    agreement = [
+        sum(_agreement_with_others(u.signs[t.name], votes[t.name], t.numel) for t in spec.sign)
+        / max(total_numel, 1)
+        for u in updates
+    ]
+    typical = float(np.median(agreement)) if agreement else 0.0
+    trust = [min(max(a / typical, 0.0), 1.0) if typical > 0 else max(a, 0.0) for a in agreement]
     out = {}
     for t in spec.sign:
-        votes = np.zeros(t.numel, dtype=np.int32)
-        for u in updates:
-            votes += unpack_signs(u.signs[t.name], t.numel).astype(np.int32)
-        agreement = [_agreement_with_others(u.signs[t.name], votes, t.numel) for u in updates]
-        typical = float(np.median(agreement)) if agreement else 0.0
         acc = np.zeros(t.numel, dtype=np.float32)
         total = 0.0
-        for i, (u, w) in enumerate(zip(updates, weights)):
-            a = agreement[i]
-            trust[i][t.name] = min(max(a / typical, 0.0), 1.0) if typical > 0 else max(a, 0.0)
-            if trust[i][t.name] > 0:
-                acc += (w * trust[i][t.name] * u.scales[t.name]) * unpack_signs(
-                    u.signs[t.name], t.numel
-                )
-                total += w * trust[i][t.name]
+        for u, w, trust_i in zip(updates, weights, trust):
+            if trust_i > 0:
+                acc += (w * trust_i * u.scales[t.name]) * unpack_signs(u.signs[t.name], t.numel)
+                total += w * trust_i
         out[t.name] = (acc / total if total > 0 else np.zeros_like(acc)).reshape(t.shape)
     return out, trust
 
 
 def _agreement_with_others(packed: np.ndarray, votes: np.ndarray, numel: int) -> float:
-    """``mean_j sign_j * sign(votes_j - sign_j)``: a reply's agreement with the others' vote."""
+    """``sum_j sign_j * sign(votes_j - sign_j)``: summed agreement with the others' vote."""
     if numel == 0:
         return 0.0
     signs = unpack_signs(packed, numel)
-    return float(np.dot(signs, np.sign(votes - signs.astype(np.int32)).astype(np.float32))) / numel
+    others = np.sign(votes.astype(np.int32) - signs.astype(np.int32)).astype(np.float32)
+    return float(np.dot(signs, others))
 
 
 def majority_vote(

@@ -224,20 +224,21 @@ class SignMean(SignStrategy):
 class SignAligned(SignStrategy):
     """Mean of ``scale * sign`` weighted by agreement with the majority vote (``aligned``).
 
-    ``step_k = sum_i w_i t_ik s_ik sign_ik / sum_i w_i t_ik`` with the trust
-    ``t_ik = max(mean_j sign_ikj v_kj, 0)`` of reply ``i`` in the majority vote ``v_k``
-    (:func:`~server.aggregate.aligned_mean`); the real-valued state is the trimmed mean. Replies
-    with zero trust in some tensor are counted per round (``distrusted``) and named in one line.
+    ``step_k = sum_i w_i t_i s_ik sign_ik / sum_i w_i t_i`` with the trust ``t_i`` of reply ``i``:
+    its agreement with the vote of the other replies over the whole model, relative to the
+    round's median agreement and clipped to [0, 1] (:func:`~server.aggregate.aligned_mean`); the
+    real-valued state is the trimmed mean. Replies with zero trust are counted per round
+    (``distrusted``) and named in one line.
     """
 
     def step(self, updates, weights):
         """Trust-weighted mean of scaled signs; trimmed mean of the real state."""
         step, trust = aligned_mean(updates, weights, self.spec)
-        zero = [i for i, t in enumerate(trust) if min(t.values(), default=1.0) == 0.0]
+        zero = [i for i, t in enumerate(trust) if t == 0.0]
         self.extra_stats["distrusted"] = len(zero)
         if zero:
             nodes = ", ".join(str(self._nodes[i]) for i in zero)
-            log(INFO, "round %d: no trust in (some tensors of) node(s) %s", self.run_round, nodes)
+            log(INFO, "round %d: no trust in node(s) %s", self.run_round, nodes)
         real = robust_real([u.real for u in updates], self.spec, self.cfg.strategy.real_trim)
         return step, real
 

@@ -179,9 +179,39 @@ def test_aligned_leaves_each_reply_out_of_its_reference_vote():
     _, trust = aligned_mean(updates, [1.0] * n, spec)
     full_vote = np.sign(signs.sum(axis=0))
     assert min(float(signs[i] @ full_vote) / numel for i in range(2)) > 0.1  # what it would get
-    assert [t["w"] for t in trust[:2]] == [0.0, 0.0]
-    assert all(t["w"] > 0.2 for t in trust[2:])
-    assert sum(t["w"] == 1.0 for t in trust) >= n // 2  # replies at or above the median: full
+    assert trust[:2] == [0.0, 0.0]
+    assert all(t > 0.2 for t in trust[2:])
+    assert sum(t == 1.0 for t in trust) >= n // 2  # replies at or above the median: full
+
+
+def test_aligned_trusts_a_reply_once_over_the_whole_model():
+    """A flipper that agrees with the others in one small tensor gets no weight there either.
+
+    Label-skewed data: in a class-specific tensor (the last layer) honest replies can disagree
+    with the others' vote, and then an inverted reply agrees with it. Trusted per tensor, the
+    flippers would keep full weight in the very tensor that decides the classes.
+    """
+    rng = np.random.default_rng(1)
+    n, big, small = 10, 4096, 64
+    body = np.sign(0.3 * rng.standard_normal(big) + rng.standard_normal((n, big)))
+    groups = np.where(np.arange(n) < 4, 1.0, -1.0)[:, None]  # replies 0-3 see other classes
+    head = groups * np.sign(rng.standard_normal(small))
+    signs = np.concatenate([body, head], axis=1).astype(np.float32)
+    signs[:2] *= -1  # replies 0 and 1 invert their honest signs
+    spec = ModelSpec((TensorSpec("body", (big,), "sign"), TensorSpec("head", (small,), "sign")))
+    scales = {"body": 1.0, "head": 1.0}
+    updates = [
+        SignUpdate({"body": pack_signs(s[:big]), "head": pack_signs(s[big:])}, scales, {})
+        for s in signs
+    ]
+    votes = signs[:, big:].sum(axis=0)
+    in_head = [float(signs[i, big:] @ np.sign(votes - signs[i, big:])) / small for i in range(n)]
+    assert in_head[:2] == [1.0, 1.0] and in_head[2:4] == [-1.0, -1.0]  # per tensor: inverted
+    step, trust = aligned_mean(updates, [1.0] * n, spec)
+    assert trust[:2] == [0.0, 0.0]
+    assert all(t > 0.2 for t in trust[2:])
+    t = np.array(trust[2:])[:, None]
+    np.testing.assert_allclose(step["head"], (t * signs[2:, big:]).sum(axis=0) / t.sum(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("rule", ["aligned", "mean"])
