@@ -23,6 +23,7 @@ from core.names import (
     PartitionKind,
     RecipeName,
     StrategyName,
+    VoteKind,
     choices,
 )
 
@@ -53,6 +54,7 @@ RECIPES = choices(RecipeName)
 DATASETS = choices(DatasetName)
 PARTITIONS = choices(PartitionKind)
 STRATEGIES = choices(StrategyName)
+VOTES = choices(VoteKind)
 LR_SCHEDULES = choices(LRSchedule)
 ATTACKS = choices(AttackName)
 
@@ -155,6 +157,7 @@ class StrategyConfig:
     server_lr: float = 1.0  # multiplies the aggregated update
     server_momentum: float = 0.0  # 1-bit rules: momentum of the server step (0 = off; FedAvgM)
     majority_step: float = 0.0  # majority vote's step: 0 = sized from the round, > 0 = fixed
+    vote: str = "margin"  # majority: margin (step x vote margin) | sign (step x majority sign)
     error_feedback: bool = True  # clients keep what the sign lost and add it next round
     max_examples: int = 100_000  # absolute cap on a client's claimed example count (its weight)
     # Bounds on what one reply contributes, relative to the round's robust statistics:
@@ -171,6 +174,7 @@ class StrategyConfig:
                 f"strategy.server_momentum must be in [0, 1), got {self.server_momentum}"
             )
         _check_positive("strategy.majority_step", self.majority_step, allow_zero=True)
+        _check_choice("strategy.vote", self.vote, VOTES)
         _check_positive("strategy.max_examples", self.max_examples)
         if self.scale_clip < 1.0:
             raise ValueError(

@@ -16,6 +16,7 @@ __all__ = [
     "DatasetName",
     "PartitionKind",
     "StrategyName",
+    "VoteKind",
     "LRSchedule",
     "AttackName",
     "choices",
@@ -70,6 +71,13 @@ class StrategyName(StrEnum):
     ALIGNED = "aligned"
     MAJORITY = "majority"
     FEDAVG = "fedavg"
+
+
+class VoteKind(StrEnum):
+    """How ``majority`` turns the votes into a step (:func:`server.aggregate.majority_vote`)."""
+
+    MARGIN = "margin"  # each coordinate moves by step x the vote margin (for - against) / n
+    SIGN = "sign"  # every coordinate moves by the same step in the majority's direction
 
 
 class LRSchedule(StrEnum):

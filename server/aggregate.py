@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from core.codec import ModelSpec, SignUpdate, TensorSpec, unpack_signs
+from core.names import VoteKind
 
 __all__ = [
     "POSITIVE_STATE",
@@ -139,41 +140,56 @@ def _agreement_with_others(packed: np.ndarray, votes: np.ndarray, numel: int) ->
 
 
 def majority_vote(
-    updates: Sequence[SignUpdate], spec: ModelSpec, steps: dict[str, float]
+    updates: Sequence[SignUpdate], spec: ModelSpec, steps: dict[str, float], vote: str = "margin"
 ) -> dict[str, np.ndarray]:
-    """Vote as signSGD does (majority): ``step_k * sign(sum_i sign_ik)``, 0 on a tie.
+    """Vote as signSGD does (majority), one vote per client regardless of its count or scale.
 
-    One vote per client regardless of its example count or scale (Bernstein et al., "signSGD
-    with Majority Vote is Communication Efficient and Fault Tolerant", arXiv 1810.05291), which
-    bounds what a minority of hostile clients can do. ``steps`` holds one step per weight tensor.
+    With ``V_kj = sum_i sign_ikj`` the votes of ``n`` clients on coordinate ``j`` of tensor
+    ``k`` and ``a_k = steps[k]``:
+
+    - ``vote="sign"``: ``a_k * sign(V_kj)`` (0 on a tie), signSGD with majority vote (Bernstein
+      et al., "signSGD with Majority Vote is Communication Efficient and Fault Tolerant", arXiv
+      1810.05291): every coordinate moves by the same step in the majority's direction.
+    - ``vote="margin"``: ``a_k * V_kj / n``, the same direction moved by the vote's margin, so a
+      unanimous coordinate moves by ``a_k`` and a near-tie (where the clients' signs are mostly
+      noise) hardly moves. A minority of ``f`` clients changes any coordinate by at most
+      ``2 f a_k / n``, where under ``sign`` it can turn a near-tie by ``2 a_k``.
     """
+    n = max(len(updates), 1)
     out = {}
     for t in spec.sign:
         votes = np.zeros(t.numel, dtype=np.int32)
         for u in updates:
             votes += unpack_signs(u.signs[t.name], t.numel).astype(np.int32)
-        out[t.name] = (steps[t.name] * np.sign(votes)).astype(np.float32).reshape(t.shape)
+        direction = votes / n if vote == VoteKind.MARGIN else np.sign(votes)
+        out[t.name] = (steps[t.name] * direction).astype(np.float32).reshape(t.shape)
     return out
 
 
-def vote_steps(updates: Sequence[SignUpdate], spec: ModelSpec) -> dict[str, float]:
+def vote_steps(
+    updates: Sequence[SignUpdate], spec: ModelSpec, vote: str = "margin"
+) -> dict[str, float]:
     """Size a majority vote's step per weight tensor from robust statistics of the round.
 
-    ``step_k = median_i s_ik * mean_j |(1/n) sum_i sign_ikj|``: the median client scale (which
-    follows the clients' learning-rate schedule, since each client's scale is the mean magnitude
-    of its own local change) times the mean vote margin, so the vote moves the tensor as far, in
-    l1, as the unweighted mean of ``median-scale * sign`` would, but every coordinate by the same
-    amount in the majority's direction. A minority of ``f`` clients changes the margin by at
-    most ``f / n`` and cannot move the median past an honest scale.
+    ``vote="margin"``: ``step_k = median_i s_ik``, the median client scale, which follows the
+    clients' learning-rate schedule (each client's scale is the mean magnitude of its own local
+    change); the vote then moves each coordinate as the unweighted mean of ``median-scale *
+    sign`` would. ``vote="sign"``: ``step_k = median_i s_ik * mean_j |(1/n) sum_i sign_ikj|``, the
+    median scale times the mean vote margin, so the vote moves the tensor as far, in l1, as that
+    mean would, but every coordinate by the same amount. A minority of ``f`` clients changes a
+    margin by at most ``f / n`` and cannot move the median past an honest scale.
     """
     n = len(updates)
     out = {}
     for t in spec.sign:
+        median = float(np.median([u.scales[t.name] for u in updates]))
+        if vote == VoteKind.MARGIN:
+            out[t.name] = median
+            continue
         votes = np.zeros(t.numel, dtype=np.int32)
         for u in updates:
             votes += unpack_signs(u.signs[t.name], t.numel).astype(np.int32)
-        margin = float(np.mean(np.abs(votes))) / n if t.numel else 0.0
-        out[t.name] = float(np.median([u.scales[t.name] for u in updates])) * margin
+        out[t.name] = median * (float(np.mean(np.abs(votes))) / n if t.numel else 0.0)
     return out
 
 

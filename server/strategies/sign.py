@@ -246,11 +246,13 @@ class SignAligned(SignStrategy):
 class SignMajority(SignStrategy):
     """signSGD with majority vote (Bernstein et al., arXiv 1810.05291): one vote per client.
 
-    ``step_k = a_k * sign(sum_i sign_ik)`` (0 on a tie), neither example counts nor scales
-    carrying weight; the real-valued state is the trimmed mean. The step ``a_k`` is sized from
-    the round (:func:`~server.aggregate.vote_steps`: median scale x mean vote margin, which follows
-    the clients' learning-rate schedule as their scales do) or, with ``strategy.majority_step >
-    0``, is that step on the clients' schedule: ``round_lr(majority_step, round)``.
+    ``strategy.vote=margin`` (default): ``step_kj = a_k * (sum_i sign_ikj) / n``, each coordinate
+    moved by the vote's margin; ``strategy.vote=sign``: ``step_kj = a_k * sign(sum_i sign_ikj)``
+    (0 on a tie). Neither example counts nor scales carry weight; the real-valued state is the
+    trimmed mean. The step ``a_k`` is sized from the round (:func:`~server.aggregate.vote_steps`:
+    the median scale, times the mean vote margin for ``sign``, which follows the clients'
+    learning-rate schedule as their scales do) or, with ``strategy.majority_step > 0``, is that
+    step on the clients' schedule: ``round_lr(majority_step, round)``.
     """
 
     def step(self, updates, weights):
@@ -260,6 +262,6 @@ class SignMajority(SignStrategy):
             fixed = self.cfg.federation.round_lr(strat.majority_step, self.run_round)
             steps = {t.name: fixed for t in self.spec.sign}
         else:
-            steps = vote_steps(updates, self.spec)
+            steps = vote_steps(updates, self.spec, strat.vote)
         real = robust_real([u.real for u in updates], self.spec, strat.real_trim)
-        return majority_vote(updates, self.spec, steps), real
+        return majority_vote(updates, self.spec, steps, strat.vote), real

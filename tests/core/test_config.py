@@ -42,6 +42,7 @@ def test_experiment_is_a_diff() -> None:
         ("federation.clients_per_round=50", "exceeds federation.num_clients"),
         ("federation.lr_schedule=step", "unknown federation.lr_schedule 'step'"),
         ("federation.lr_final=0", "federation.lr_final must be in"),
+        ("strategy.vote=soft", "unknown strategy.vote 'soft'"),
     ],
 )
 def test_bad_values_get_one_line_errors(override: str, message: str) -> None:

@@ -17,7 +17,9 @@ from server.aggregate import (
     bound_real,
     cap_examples,
     clip_scales,
+    majority_vote,
     trimmed_mean,
+    vote_steps,
 )
 from server.strategies import build_strategy
 from tests.server.test_strategy import FakeGrid, make_reply
@@ -144,9 +146,23 @@ def test_majority_fixed_step_follows_the_clients_lr_schedule():
     s = build_strategy(cfg, SPEC, lineage="abc")
     list(s.configure_train(3, state_to_record(GLOBAL), ConfigRecord(), FakeGrid(HONEST)))
     arrays, _ = s.aggregate_train(3, [reply(n, *v) for n, v in HONEST.items()])
-    # round 3 of 3 under cosine: lr_final x majority_step = 1e-4
-    expected = GLOBAL["w"] + 1e-4 * np.array([1, -1, -1, -1])
+    # round 3 of 3 under cosine: lr_final x majority_step = 1e-4, times the margin 1/3 everywhere
+    expected = GLOBAL["w"] + 1e-4 / 3 * np.array([1, -1, -1, -1])
     np.testing.assert_allclose(record_to_state(arrays)["w"], expected, rtol=1e-6)
+
+
+def test_majority_margin_vote_moves_each_coordinate_by_its_margin():
+    spec = ModelSpec((TensorSpec("w", (4,), "sign"),))
+    updates = [  # A ++--, B +-+-, D +---: votes [3, -1, -1, -3] of 3
+        SignUpdate({"w": np.array([bits], np.uint8)}, {"w": scale}, {})
+        for bits, scale in ((A, 0.5), (B, 4.0), (D, 0.25))
+    ]
+    margin = majority_vote(updates, spec, vote_steps(updates, spec, "margin"), "margin")
+    np.testing.assert_allclose(margin["w"], 0.5 * np.array([1, -1 / 3, -1 / 3, -1]), rtol=1e-6)
+    # sign: the same l1 (median 0.5 x mean margin 2/3) spread evenly over the coordinates
+    sign = majority_vote(updates, spec, vote_steps(updates, spec, "sign"), "sign")
+    np.testing.assert_allclose(sign["w"], 0.5 * 2 / 3 * np.array([1, -1, -1, -1]), rtol=1e-6)
+    assert np.abs(margin["w"]).sum() == pytest.approx(np.abs(sign["w"]).sum())
 
 
 def test_majority_ignores_a_scale_x1000_reply():
