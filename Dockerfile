@@ -84,6 +84,13 @@ print('\n'.join(p['dependencies'] + [r for e in extras for r in p['optional-depe
 COPY . /opt/bitfed
 RUN pip install --no-deps -c /opt/bitfed/constraints.active.txt -e /opt/bitfed
 
+# A device's three Flower processes (SuperNode, its ClientApp executor, each round's ClientApp)
+# start through scripts of the same names that leave out Flower's SQL stores, which a device never
+# opens (glue/lean_flower.py): about 29 MiB less anonymous memory per process. First on PATH, so
+# the processes a SuperNode and an executor start by name get them too.
+RUN python -m glue.lean_flower install /python/lean-bin
+ENV PATH=/python/lean-bin:$PATH
+
 RUN groupadd --gid 49999 app \
     && useradd --uid 49999 --gid 49999 --home-dir /app --create-home --shell /usr/sbin/nologin app \
     && mkdir -p /app/state /app/data /app/device-state \
