@@ -14,6 +14,11 @@ The node config tells the ClientApp which shard is this device's::
 ``memory-budget`` (``--memory-budget``) caps the training batch at the largest that fits that
 much memory, measured under the run's model and recipe (:mod:`client.budget`).
 
+The SuperNode, its ClientApp executor and each ClientApp start through the scripts of
+:mod:`glue.lean_flower` (written to ``$FLWR_HOME/bitfed-lean-bin``, first on the SuperNode's
+``PATH``): Flower's own entry points without the SQL stores a device never opens, about 29 MiB
+less memory per process. ``--plain-flower`` runs Flower's scripts unchanged.
+
 Reconnection: no ``--max-retries``/``--max-wait-time`` is passed unless asked for, so the
 SuperNode retries for ever with backoff and rejoins a restarted SuperLink by itself.
 """
@@ -29,6 +34,7 @@ from pathlib import Path
 
 from core.hydra_entry import fail
 from glue.flower_env import check_address, flower_env, flower_executable
+from glue.lean_flower import install as install_lean_flower
 
 __all__ = [
     "DEFAULT_SUPERNODE_PORT",
@@ -161,6 +167,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-wait-time", type=float, help="stop reconnecting after SECONDS (default: never)"
     )
+    parser.add_argument(
+        "--plain-flower",
+        action="store_true",
+        help="start Flower's own scripts (default: glue.lean_flower's, without unused SQL stores)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the command, start nothing")
     return parser.parse_args(argv)
 
@@ -186,8 +197,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         if not Path(spec.data_root).is_dir():
             raise ValueError(f"--data-root {spec.data_root} is not a folder; create it first")
-        program = flower_executable("flower-supernode")
-    except (ValueError, FileNotFoundError) as err:
+        env = flower_env()
+        if args.plain_flower:
+            program = flower_executable("flower-supernode")
+        else:
+            lean = _lean_flower_folder(env)
+            install_lean_flower(lean)
+            program = str(lean / "flower-supernode")
+            env["PATH"] = os.pathsep.join([str(lean), env.get("PATH", "")])
+    except (ValueError, OSError) as err:
         fail("bitfed-client", err)
     if spec.insecure:
         print(
@@ -205,9 +223,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.dry_run:
         print(" ".join(command))
         return
-    env = flower_env()
     sys.stdout.flush()
     os.execve(program, command, env)
+
+
+def _lean_flower_folder(env: dict[str, str]) -> Path:
+    """``$FLWR_HOME/bitfed-lean-bin`` (Flower's default home ``~/.flwr`` when unset)."""
+    home = Path(env.get("FLWR_HOME") or Path.home() / ".flwr").expanduser()
+    return home / "bitfed-lean-bin"
 
 
 def _absolute(path: str | None) -> str | None:

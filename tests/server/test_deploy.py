@@ -21,6 +21,8 @@ from flwr.common.config import parse_config_args
 
 from client.deploy import SuperNodeSpec, node_config, supernode_argv
 from client.deploy import main as client_main
+from glue.flower_env import flower_executable
+from glue.lean_flower import ENTRY_POINTS
 from server.certs import generate_server_credentials, generate_supernode_key
 from server.certs import main as certs_main
 from server.deploy import (
@@ -125,6 +127,18 @@ class TestSuperNodeCommand:
             port=9300,
         )  # fmt: skip
         assert " ".join(printed[1:]) == " ".join(supernode_argv(spec))
+
+    def test_cli_starts_lean_flower_scripts_unless_told_plain(
+        self, tmp_path, capsys, monkeypatch
+    ) -> None:
+        monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+        argv = ["--superlink", "127.0.0.1:9", "--data-root", str(tmp_path), "--insecure"]
+        client_main([*argv, "--dry-run"])
+        lean = tmp_path / "home" / "bitfed-lean-bin"
+        assert capsys.readouterr().out.split()[0] == str(lean / "flower-supernode")
+        assert sorted(p.name for p in lean.iterdir()) == sorted(ENTRY_POINTS)
+        client_main([*argv, "--dry-run", "--plain-flower"])
+        assert capsys.readouterr().out.split()[0] == flower_executable("flower-supernode")
 
     def test_cli_missing_certificate_exits_with_one_line(self, tmp_path, capsys) -> None:
         with pytest.raises(SystemExit) as err:
