@@ -616,7 +616,8 @@ def _image_size(image: str) -> int | None:
 
 #: What each process of a device imports before it does any work: Flower's SuperNode, the
 #: ClientApp executor it starts (``flower-superexec``), and a ClientApp process (Flower's
-#: ``flwr-clientapp`` entry point, torch, bitfed's ClientApp module).
+#: ``flwr-clientapp`` entry point, torch, bitfed's ClientApp module). As the image starts them:
+#: through :mod:`glue.lean_flower`'s scripts, with Flower's SQL stores deferred.
 IMPORT_FLOORS = {
     "flower-supernode": "flwr.supernode.cli",
     "flower-superexec": "flwr.supercore.cli",
@@ -624,6 +625,8 @@ IMPORT_FLOORS = {
 }
 _FLOOR_PROBE = (
     "import importlib, sys\n"
+    "from glue.lean_flower import defer_sql_stores\n"
+    "defer_sql_stores()\n"
     "for m in sys.argv[1:]: importlib.import_module(m)\n"
     "s = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
     "print(int(s['VmHWM'].split()[0]) * 1024, int(s['RssAnon'].split()[0]) * 1024)\n"
