@@ -86,6 +86,9 @@ DEFINITIONS = {
 }
 DEFAULT_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 WORK_DIR = RESULTS_DIR / "tmp" / NAME  # git-ignored run folders
+#: The revision of the code this process loaded (read once at start: a run that finishes after
+#: a later commit still ran this code).
+CODE_REVISION = git_commit()
 RUNS_FILE = RESULTS_DIR / "tmp" / "hostile-runs.jsonl"  # every finished run, appended
 NODE_BASE = 1000  # node id of partition p is NODE_BASE + p
 DEFAULT_RULE = StrategyConfig().name
@@ -184,7 +187,7 @@ def run_one(args: argparse.Namespace, key: dict[str, Any]) -> dict[str, Any]:
         "uplink_ratio": float(np.mean([r["uplink_ratio"] for r in rounds if "uplink_ratio" in r])),
         "wall_seconds": time.perf_counter() - t0,
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "git": git_commit(),  # the code that ran (an assembled result mixes revisions)
+        "git": CODE_REVISION,  # the code that ran (an assembled result mixes revisions)
         "load_avg_1min": os.getloadavg()[0],
     }
 
