@@ -20,6 +20,7 @@ final accuracy over the seeds and the drop from the same rule's clean run of the
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -162,6 +163,8 @@ def run_one(args: argparse.Namespace, key: dict[str, Any]) -> dict[str, Any]:
     from server.server_app import run_server
 
     slug = f"{key['partition']}-{key['rule']}-{key['attack']}{key['attackers']}-s{key['seed']}"
+    if key["set"]:  # runs that differ only in overrides must not share a folder (client state)
+        slug += "-" + hashlib.sha256(json.dumps(key["set"]).encode()).hexdigest()[:8]
     run_dir = WORK_DIR / slug
     shutil.rmtree(run_dir, ignore_errors=True)  # our own scratch folder from a previous run
     cfg = experiment(args, key, run_dir)
