@@ -65,9 +65,13 @@ def sign_reply(node, bits, scale, examples, real, version=0, **changes):
     return make_reply(node, arrays, metrics)
 
 
-def strategy(rule="mean", min_clients=2, max_examples=100_000, spec=SPEC, start=GLOBAL, **fed):
+def strategy(
+    rule="mean", min_clients=2, max_examples=100_000, spec=SPEC, start=GLOBAL, vote="margin", **fed
+):
     cfg = ExperimentConfig(
-        strategy=StrategyConfig(name=rule, majority_step=0.001, max_examples=max_examples),
+        strategy=StrategyConfig(
+            name=rule, majority_step=0.001, max_examples=max_examples, vote=vote
+        ),
         federation=FederationConfig(
             num_clients=3, clients_per_round=3, min_clients=min_clients, **fed
         ),
@@ -92,11 +96,14 @@ def test_mean_rule_hand_computed():
     assert s.version == 1 and metrics["valid"] == 3 and metrics["clipped"] == 0
 
 
-def test_majority_rule_hand_computed():
-    s = strategy("majority")
+@pytest.mark.parametrize("vote", ["margin", "sign"])
+def test_majority_rule_hand_computed(vote):
+    s = strategy("majority", vote=vote)
     arrays, _ = s.aggregate_train(1, literal_replies())
     new = record_to_state(arrays)
-    np.testing.assert_allclose(new["w"], [1.001, 1.999, 2.999, 3.999], rtol=1e-6)
+    # votes of the 3 replies: +1, -1, -1, -1 (margin 1/3 everywhere), fixed step 0.001
+    step = 0.001 / 3 if vote == "margin" else 0.001
+    np.testing.assert_allclose(new["w"], GLOBAL["w"] + step * np.array([1, -1, -1, -1]), rtol=1e-6)
     np.testing.assert_allclose(new["bn"], [3.0, 4.0])  # trimmed mean of 3 = the median
 
 
