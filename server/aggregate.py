@@ -105,11 +105,7 @@ def aligned_mean(
     step and each reply's trust.
     """
     count_dtype = np.int16 if len(updates) < np.iinfo(np.int16).max else np.int32
-    votes = {}
-    for t in spec.sign:
-        votes[t.name] = np.zeros(t.numel, dtype=count_dtype)
-        for u in updates:
-            votes[t.name] += unpack_signs(u.signs[t.name], t.numel).astype(count_dtype)
+    votes = {t.name: _vote_counts(updates, t, count_dtype) for t in spec.sign}
     total_numel = sum(t.numel for t in spec.sign)
     agreement = [
         sum(_agreement_with_others(u.signs[t.name], votes[t.name], t.numel) for t in spec.sign)
@@ -128,6 +124,16 @@ def aligned_mean(
                 total += w * trust_i
         out[t.name] = (acc / total if total > 0 else np.zeros_like(acc)).reshape(t.shape)
     return out, trust
+
+
+def _vote_counts(
+    updates: Sequence[SignUpdate], t: TensorSpec, dtype: type = np.int32
+) -> np.ndarray:
+    """``sum_i sign_ij`` over the replies, per coordinate of weight tensor ``t``."""
+    votes = np.zeros(t.numel, dtype=dtype)
+    for u in updates:
+        votes += unpack_signs(u.signs[t.name], t.numel).astype(dtype)
+    return votes
 
 
 def _agreement_with_others(packed: np.ndarray, votes: np.ndarray, numel: int) -> float:
@@ -158,9 +164,7 @@ def majority_vote(
     n = max(len(updates), 1)
     out = {}
     for t in spec.sign:
-        votes = np.zeros(t.numel, dtype=np.int32)
-        for u in updates:
-            votes += unpack_signs(u.signs[t.name], t.numel).astype(np.int32)
+        votes = _vote_counts(updates, t)
         direction = votes / n if vote == VoteKind.MARGIN else np.sign(votes)
         out[t.name] = (steps[t.name] * direction).astype(np.float32).reshape(t.shape)
     return out
@@ -186,9 +190,7 @@ def vote_steps(
         if vote == VoteKind.MARGIN:
             out[t.name] = median
             continue
-        votes = np.zeros(t.numel, dtype=np.int32)
-        for u in updates:
-            votes += unpack_signs(u.signs[t.name], t.numel).astype(np.int32)
+        votes = _vote_counts(updates, t)
         out[t.name] = median * (float(np.mean(np.abs(votes))) / n if t.numel else 0.0)
     return out
 
